@@ -1,0 +1,3 @@
+"""mtl-ser: speech emotion recognition jointly trained with CTC speech recognition."""
+
+__version__ = "0.1.0"

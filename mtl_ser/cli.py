@@ -1,0 +1,121 @@
+"""The `mtl-ser` command: thin wrappers around the library functions.
+
+mtl-ser prepare iemocap --data-folder D --output-folder O [--protocol P --fold K ...]
+mtl-ser prepare csv --csv F --audio-root R --output-folder O [--labels a,b,c ...]
+mtl-ser demo-data OUT [--seed N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mtl_ser.data.protocols import PROTOCOL_FOLDS, VALID_STRATEGIES
+
+
+def _add_prepare(subparsers) -> None:
+    prepare = subparsers.add_parser("prepare", help="write train/valid/test manifests")
+    corpora = prepare.add_subparsers(dest="corpus", required=True)
+
+    iemocap = corpora.add_parser("iemocap", help="the IEMOCAP release layout")
+    iemocap.add_argument("--data-folder", required=True, help="folder with Session1..5")
+    iemocap.add_argument("--output-folder", required=True)
+    iemocap.add_argument("--protocol", default="loso", choices=sorted(PROTOCOL_FOLDS))
+    iemocap.add_argument("--fold", type=int, default=1)
+    iemocap.add_argument(
+        "--keep-exc-apart", action="store_true", help="exc as a 5th class, not merged into hap"
+    )
+    iemocap.add_argument(
+        "--valid-strategy",
+        choices=VALID_STRATEGIES,
+        default=None,
+        help="validation from training: stratified fraction (default) or one held-out speaker",
+    )
+    iemocap.add_argument("--valid-fraction", type=float, default=0.1)
+    iemocap.add_argument("--valid-speaker", default=None, help="e.g. Ses02F (with 'speaker')")
+    iemocap.add_argument("--seed", type=int, default=1234)
+    iemocap.set_defaults(func=_prepare_iemocap)
+
+    table = corpora.add_parser("csv", help="a CSV: path, emotion, transcript, speaker, split")
+    table.add_argument("--csv", required=True)
+    table.add_argument("--audio-root", required=True, help="folder relative paths start from")
+    table.add_argument("--output-folder", required=True)
+    table.add_argument(
+        "--labels",
+        default=None,
+        help="comma-separated classes in order (default neu,hap,ang,sad with exc merged to hap)",
+    )
+    table.add_argument("--on-error", choices=("fail", "skip"), default="fail")
+    table.add_argument("--valid-fraction", type=float, default=0.1)
+    table.add_argument("--test-fraction", type=float, default=0.1)
+    table.add_argument("--seed", type=int, default=1234)
+    table.add_argument("--allow-speaker-overlap", action="store_true")
+    table.set_defaults(func=_prepare_csv)
+
+
+def _prepare_iemocap(args) -> None:
+    from mtl_ser.data.prepare import prepare_iemocap
+
+    prepare_iemocap(
+        args.data_folder,
+        args.output_folder,
+        protocol=args.protocol,
+        fold=args.fold,
+        keep_exc_apart=args.keep_exc_apart,
+        valid_strategy=args.valid_strategy,
+        valid_fraction=args.valid_fraction,
+        valid_speaker=args.valid_speaker,
+        seed=args.seed,
+    )
+
+
+def _prepare_csv(args) -> None:
+    from mtl_ser.data.csv_corpus import prepare_csv
+    from mtl_ser.data.labels import parse_label_list
+
+    prepare_csv(
+        args.csv,
+        args.audio_root,
+        args.output_folder,
+        label_set=parse_label_list(args.labels) if args.labels else None,
+        on_error=args.on_error,
+        valid_fraction=args.valid_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        allow_speaker_overlap=args.allow_speaker_overlap,
+    )
+
+
+def _demo_data(args) -> None:
+    from mtl_ser.data.demo import synthesize_demo_corpus
+
+    summary = synthesize_demo_corpus(args.output, seed=args.seed)
+    print(f"demo corpus in {args.output}: {summary}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mtl-ser", description=__doc__.split("\n")[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_prepare(subparsers)
+
+    demo = subparsers.add_parser("demo-data", help="synthesize the demo corpus (IEMOCAP layout)")
+    demo.add_argument("output", help="output folder")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_demo_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `mtl-ser` console script. Returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        # Data problems are the user's to fix: show the message, not a traceback.
+        print(f"mtl-ser {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Installs the mtl_ser package and its `mtl-ser` command.
+
+The exact, tested versions live in requirements.txt (used by `make setup`);
+the ranges below are what the code supports.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="mtl_ser",
+    version="0.1.0",
+    description=(
+        "Speech emotion recognition trained jointly with CTC speech recognition "
+        "on a shared wav2vec 2.0 encoder (Cai et al., Interspeech 2021), on SpeechBrain."
+    ),
+    python_requires=">=3.10",
+    packages=find_packages(include=["mtl_ser", "mtl_ser.*"]),
+    package_data={"mtl_ser": ["data/*.txt"]},
+    install_requires=[
+        "torch>=2.1,<=2.14.1",
+        "torchaudio>=2.1",
+        "speechbrain>=1.1,<1.2",
+        "transformers>=4.40",
+        "sentencepiece",
+        "jiwer>=3.0",
+        "hyperpyyaml>=1.2",
+        "scikit-learn>=1.3",
+        "soundfile>=0.12",
+        "matplotlib>=3.7",
+        "safetensors>=0.4",
+        "tqdm",
+        # The demo corpus synthesizer loads libespeak-ng from this wheel.
+        "espeakng-loader>=0.2",
+    ],
+    extras_require={"dev": ["pytest", "ruff"]},
+    entry_points={"console_scripts": ["mtl-ser=mtl_ser.cli:main"]},
+)
