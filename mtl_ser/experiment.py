@@ -1,0 +1,163 @@
+"""What every recipe does around the Brain: arguments, preparation, labels, vocabulary, identity.
+
+Recipes take one hparams file, then optional override files, then ``--key=value`` overrides::
+
+    python recipes/train_mtl.py hparams/mtl.yaml hparams/tiny.yaml --fold=2
+
+Override files are plain YAML mappings of existing keys (later ones win, command-line
+overrides win over all); HyperPyYAML refuses keys the hparams file does not have.
+
+An hparams file whose first key is ``extends: <other file>`` holds only what differs from
+that file (e.g. hparams/ser.yaml extends mtl.yaml), so variants never drift from their base.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import speechbrain as sb
+from ruamel.yaml import YAML
+
+import mtl_ser
+from mtl_ser.data.labels import LabelSet
+from mtl_ser.data.prepare import prepare_iemocap
+from mtl_ser.data.text import CharVocabulary
+
+VOCAB_FILE = "vocab.json"
+
+
+def parse_arguments(argv: list[str]):
+    """Splits ``argv`` into (base hparams file, run options, overrides YAML string).
+
+    Positional ``*.yaml`` files right after the hparams file are override files. When the
+    hparams file extends another, the base file is returned and the extending file's keys
+    become the first override layer.
+    """
+    argv = list(argv)
+    files = []
+    while len(argv) > 1 and not argv[1].startswith("-") and argv[1].endswith((".yaml", ".yml")):
+        files.append(argv.pop(1))
+    hparams_file, run_opts, cli_overrides = sb.parse_arguments(argv)
+    base_file, layers = resolve_extends(hparams_file)
+    layers += [_read_mapping(path) for path in files]
+    if cli_overrides:
+        layers.append(_YAML.load(cli_overrides) or {})
+    return base_file, run_opts, merge_layers(layers)
+
+
+_YAML = YAML()  # round-trip mode: keeps !ref, !new: ... tags of override files
+
+
+def _read_mapping(path: str | Path):
+    with open(path) as f:
+        data = _YAML.load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must be a mapping of hparams keys")
+    return data
+
+
+def resolve_extends(hparams_file: str | Path) -> tuple[str, list]:
+    """Follows ``extends:`` chains.
+
+    Returns: (the file that extends nothing, [override mappings from the most basic
+    extending file to ``hparams_file``]).
+    """
+    layers, seen, path = [], set(), Path(hparams_file)
+    while True:
+        if path.resolve() in seen:
+            raise ValueError(f"hparams files extend each other in a loop at {path}")
+        seen.add(path.resolve())
+        data = _read_mapping(path)
+        if "extends" not in data:
+            return str(path), layers
+        base = path.parent / data.pop("extends")
+        layers.insert(0, data)
+        path = base
+
+
+def merge_layers(layers: list) -> str:
+    """Merges override mappings (later wins; nested mappings merge key by key, as
+    HyperPyYAML does) into one YAML string for ``load_hyperpyyaml``; "" when empty."""
+    merged = {}
+    for layer in layers:
+        _merge_into(merged, layer)
+    if not merged:
+        return ""
+    out = io.StringIO()
+    _YAML.dump(merged, out)
+    return out.getvalue()
+
+
+def _merge_into(target: dict, layer: dict) -> None:
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge_into(target[key], value)
+        else:
+            target[key] = value
+
+
+def prepare_data(hparams: dict) -> None:
+    """Runs IEMOCAP preparation on the main process unless ``skip_prep`` (then the
+    ``*_annotation`` manifests must exist, e.g. from ``mtl-ser prepare csv``)."""
+    if hparams["skip_prep"]:
+        return
+    sb.utils.distributed.run_on_main(
+        prepare_iemocap,
+        kwargs={
+            "data_folder": hparams["data_folder"],
+            "output_folder": hparams["manifest_folder"],
+            "protocol": hparams["protocol"],
+            "fold": hparams["fold"],
+            "keep_exc_apart": hparams["keep_exc_apart"],
+            "valid_strategy": hparams["valid_strategy"],
+            "valid_fraction": hparams["valid_fraction"],
+            "valid_speaker": hparams["valid_speaker"],
+            "seed": hparams["split_seed"],
+        },
+    )
+
+
+def label_set_of(hparams: dict) -> LabelSet:
+    """The label set saved next to the training manifest."""
+    return LabelSet.load(Path(hparams["train_annotation"]).parent)
+
+
+def experiment_vocabulary(output_folder: str | Path) -> CharVocabulary:
+    """The fixed CTC vocabulary, saved with the experiment; an experiment saved with another
+    vocabulary is refused (its checkpoints would not match)."""
+    vocab = CharVocabulary()
+    path = Path(output_folder) / VOCAB_FILE
+    if path.is_file():
+        saved = CharVocabulary.load(path)
+        if saved != vocab:
+            raise ValueError(
+                f"{path} holds another character vocabulary ({len(saved)} symbols) than this "
+                f"version of mtl_ser ({len(vocab)}); use a new output folder"
+            )
+    elif sb.utils.distributed.if_main_process():
+        vocab.save(path)
+    return vocab
+
+
+def run_identity(hparams: dict, label_set: LabelSet) -> dict:
+    """Facts that identify a run in results.json and in reports."""
+    options_file = Path(hparams["train_annotation"]).parent / "prepare_options.json"
+    prepared = json.loads(options_file.read_text()) if options_file.is_file() else {}
+    if prepared.get("corpus") == "csv":  # split by the CSV, not by an IEMOCAP protocol
+        protocol, fold = "csv", 1
+    else:
+        protocol = prepared.get("protocol", hparams["protocol"])
+        fold = prepared.get("fold", hparams["fold"])
+    return {
+        "recipe": hparams["recipe"],
+        "alpha": hparams["alpha"],
+        "protocol": protocol,
+        "fold": fold,
+        "seed": hparams["seed"],
+        "encoder": hparams["encoder_name"],
+        "corpus": prepared.get("corpus"),
+        "labels": list(label_set.classes),
+        "mtl_ser_version": mtl_ser.__version__,
+    }

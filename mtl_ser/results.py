@@ -1,0 +1,154 @@
+"""Per-utterance predictions of an evaluation pass, their metrics and a run's output files.
+
+A finished run writes to its output folder::
+
+    results.json           metrics + the run's identity (schema below)
+    predictions.csv        one row per test utterance
+    confusion_matrix.png   test confusion matrix
+    training_curves.png    per-epoch losses and validation metrics
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mtl_ser.metrics import classification_metrics, error_rates
+from mtl_ser.plots import plot_confusion, plot_training_curves
+
+RESULTS_FILE = "results.json"
+PREDICTIONS_FILE = "predictions.csv"
+# Bumped when results.json changes shape; `mtl-ser report` reads it.
+RESULTS_SCHEMA = 1
+
+
+@dataclass
+class Prediction:
+    """One evaluated utterance."""
+
+    id: str
+    true: int
+    predicted: int
+    probabilities: list[float]
+    reference: str  # normalised transcript ("" when the utterance has none)
+    hypothesis: str | None  # greedy CTC output; None without a CTC head
+    has_text: bool
+    scripted: bool | None
+
+
+@dataclass
+class PredictionLog:
+    """Collects the predictions of one evaluation pass and scores them."""
+
+    labels: tuple[str, ...]
+    rows: list[Prediction] = field(default_factory=list)
+
+    def add_batch(
+        self,
+        ids: list[str],
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        references: list[str],
+        hypotheses: list[str] | None,
+        has_text: list[bool],
+        scripted: list,
+    ) -> None:
+        """Adds a batch: logits ``[B, C]``, targets ``[B]``, and per-utterance lists."""
+        probs = torch.softmax(logits.detach().float(), dim=-1).cpu()
+        for i, utt in enumerate(ids):
+            self.rows.append(
+                Prediction(
+                    id=utt,
+                    true=int(targets[i]),
+                    predicted=int(probs[i].argmax()),
+                    probabilities=[round(float(p), 6) for p in probs[i]],
+                    reference=references[i],
+                    hypothesis=None if hypotheses is None else hypotheses[i],
+                    has_text=bool(has_text[i]),
+                    scripted=scripted[i],
+                )
+            )
+
+    def metrics(self) -> dict:
+        """WA / UA / macro-F1 / confusion over all rows; WER / CER over the rows with text,
+        also over improvised (unscripted) rows only (scripted sentences recur across
+        sessions, so their WER flatters the model). Error rates are None without CTC."""
+        out = classification_metrics(
+            [r.true for r in self.rows], [r.predicted for r in self.rows], self.labels
+        )
+        out["labels"] = list(self.labels)
+        with_text = [r for r in self.rows if r.has_text]
+        has_ctc = bool(self.rows) and self.rows[0].hypothesis is not None
+        for suffix, subset in (
+            ("", with_text),
+            ("_improvised", [r for r in with_text if r.scripted is False]),
+        ):
+            rates = (
+                error_rates([r.reference for r in subset], [r.hypothesis for r in subset])
+                if has_ctc
+                else {}
+            )
+            out["wer" + suffix] = rates.get("wer")
+            out["cer" + suffix] = rates.get("cer")
+            out["num_wer_utterances" + suffix] = len(subset) if has_ctc else 0
+        return out
+
+    def write_csv(self, path: str | Path) -> None:
+        """Writes one row per utterance: id, true, predicted, p_<class>..., reference,
+        hypothesis, has_text, scripted."""
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(
+                ["id", "true", "predicted", *(f"p_{c}" for c in self.labels)]
+                + ["reference", "hypothesis", "has_text", "scripted"]
+            )
+            for r in sorted(self.rows, key=lambda r: r.id):
+                writer.writerow(
+                    [r.id, self.labels[r.true], self.labels[r.predicted], *r.probabilities]
+                    + [r.reference, "" if r.hypothesis is None else r.hypothesis, r.has_text]
+                    + ["" if r.scripted is None else r.scripted]
+                )
+
+
+def run_title(identity: dict) -> str:
+    """A one-line name of a run, e.g. ``mtl alpha=0.1 loso fold 1``."""
+    return (
+        f"{identity.get('recipe')} alpha={identity.get('alpha')} "
+        f"{identity.get('protocol')} fold {identity.get('fold')}"
+    )
+
+
+def write_run_outputs(
+    folder: str | Path, identity: dict, log: PredictionLog, epochs: list[dict]
+) -> dict:
+    """Writes results.json, predictions.csv and the PNGs of a finished run.
+
+    Args:
+        folder: the run's output folder.
+        identity: recipe, alpha, protocol, fold, seed and other facts about the run.
+        log: the test predictions.
+        epochs: per-epoch log entries for the training curves (may be empty).
+
+    Returns: the results dict written to results.json.
+    """
+    folder = Path(folder)
+    results = {"schema": RESULTS_SCHEMA, **identity, **log.metrics()}
+    log.write_csv(folder / PREDICTIONS_FILE)
+    title = run_title(identity)
+    plot_confusion(
+        results["confusion_matrix"],
+        log.labels,
+        folder / "confusion_matrix.png",
+        f"{title}\nWA {results['wa']:.1%}  UA {results['ua']:.1%}",
+    )
+    if epochs:
+        plot_training_curves(epochs, folder / "training_curves.png", title)
+    tmp = folder / (RESULTS_FILE + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, folder / RESULTS_FILE)  # complete results.json or none at all
+    return results

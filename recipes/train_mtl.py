@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""Multi-task speech emotion recognition: emotion + CTC characters on a shared wav2vec 2.0
+encoder, L = L_emo + alpha * L_ctc (Cai et al., Interspeech 2021).
+
+    python recipes/train_mtl.py hparams/mtl.yaml --data_folder=/path/to/IEMOCAP
+    python recipes/train_mtl.py hparams/mtl.yaml hparams/tiny.yaml --data_folder=data/demo_corpus
+    torchrun --nproc_per_node=2 recipes/train_mtl.py hparams/mtl.yaml --data_folder=...
+
+The SER-only baseline (train_ser.py) runs this same script with hparams/ser.yaml.
+Outputs in <output_folder>: results.json, predictions.csv, confusion_matrix.png,
+training_curves.png, train_log.txt, checkpoints in save/.
+"""
+
+import sys
+
+import speechbrain as sb
+from hyperpyyaml import load_hyperpyyaml
+
+from mtl_ser.brain import EmotionBrain
+from mtl_ser.data.pipelines import dataio_prep, train_loader_options
+from mtl_ser.experiment import (
+    experiment_vocabulary,
+    label_set_of,
+    parse_arguments,
+    prepare_data,
+    run_identity,
+)
+
+
+def main(argv):
+    hparams_file, run_opts, overrides = parse_arguments(argv)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    with open(hparams_file) as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+
+    # Manifests for this protocol and fold (skipped when already prepared alike).
+    prepare_data(hparams)
+
+    # Class order from the manifests, the fixed character set from the code.
+    label_set = label_set_of(hparams)
+    vocab = experiment_vocabulary(hparams["output_folder"])
+    hparams["emotion_head"].set_num_classes(len(label_set.classes))
+    datasets = dataio_prep(hparams, label_set, vocab)
+
+    brain = EmotionBrain(
+        modules=hparams["modules"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+        labels=label_set.classes,
+        vocab=vocab,
+        identity=run_identity(hparams, label_set),
+    )
+    # Early stopping and checkpoint choice use the validation set only.
+    brain.fit(
+        brain.hparams.epoch_counter,
+        datasets["train"],
+        datasets["valid"],
+        train_loader_kwargs=train_loader_options(hparams, datasets["train"]),
+        valid_loader_kwargs=hparams["eval_dataloader_opts"],
+    )
+    # The test set, once, from the checkpoint with the best validation UA.
+    brain.evaluate(
+        datasets["test"], max_key="UA", test_loader_kwargs=hparams["eval_dataloader_opts"]
+    )
+    if sb.utils.distributed.if_main_process():
+        results = brain.results
+        wer = "n/a" if results["wer"] is None else f"{results['wer']:.3f}"
+        print(
+            f"test ({results['num_utterances']} utterances): WA {results['wa']:.2%}  "
+            f"UA {results['ua']:.2%}  macro-F1 {results['macro_f1']:.2%}  WER {wer}\n"
+            f"results in {hparams['output_folder']}/results.json"
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
