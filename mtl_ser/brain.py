@@ -232,7 +232,7 @@ class EmotionBrain(sb.Brain):
             train_stats=_loggable(self.train_stats),
             valid_stats=_loggable(valid_stats),
         )
-        entry = {"epoch": epoch, **lrs}
+        entry = {"epoch": epoch, "optimizer_steps": self.steps_per_epoch, **lrs}
         entry.update({f"train_{k}": v for k, v in self.train_stats.items()})
         entry.update({f"valid_{k.lower()}": v for k, v in valid_stats.items()})
         self.epochs_log.append(entry)

@@ -90,7 +90,12 @@ def _demo_data(args) -> None:
     from mtl_ser.data.demo import synthesize_demo_corpus
 
     summary = synthesize_demo_corpus(args.output, seed=args.seed)
-    print(f"demo corpus in {args.output}: {summary}")
+    labels = ", ".join(f"{k} {v}" for k, v in sorted(summary["per_label"].items()))
+    state = "already there" if summary["skipped"] else f"made in {summary['elapsed_seconds']:.1f} s"
+    print(
+        f"demo corpus in {args.output} ({state}): {summary['utterances']} utterances, "
+        f"{summary['audio_seconds'] / 60:.1f} min of audio; labels: {labels}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,7 @@
 
 Recipes take one hparams file, then optional override files, then ``--key=value`` overrides::
 
-    python recipes/train_mtl.py hparams/mtl.yaml hparams/tiny.yaml --fold=2
+    python recipes/train_mtl.py hparams/mtl.yaml hparams/overrides/tiny.yaml --fold=2
 
 Override files are plain YAML mappings of existing keys (later ones win, command-line
 overrides win over all); HyperPyYAML refuses keys the hparams file does not have.

@@ -3,7 +3,8 @@
 encoder, L = L_emo + alpha * L_ctc (Cai et al., Interspeech 2021).
 
     python recipes/train_mtl.py hparams/mtl.yaml --data_folder=/path/to/IEMOCAP
-    python recipes/train_mtl.py hparams/mtl.yaml hparams/tiny.yaml --data_folder=data/demo_corpus
+    python recipes/train_mtl.py hparams/mtl.yaml hparams/overrides/tiny.yaml \
+        --data_folder=data/demo_corpus
     torchrun --nproc_per_node=2 recipes/train_mtl.py hparams/mtl.yaml --data_folder=...
 
 The SER-only baseline (train_ser.py) runs this same script with hparams/ser.yaml.

@@ -4,7 +4,7 @@ Dynamic items of every dataset:
     sig          ``[S]`` float waveform (16 kHz mono)
     cropped      whether a training crop cut the utterance
     emo_encoded  ``[1]`` class id in the label set's order
-    tokens       ``[L]`` character ids of ``wrd``
+    tokens       ``[L]`` character ids of ``wrd`` (a single space when there is no text)
     ctc_mask     ``[1]`` bool: the utterance trains / scores CTC (has text and was not cropped,
                  since a crop no longer matches the full transcript)
 Static keys passed through: id, wrd, has_text, scripted.
@@ -77,7 +77,10 @@ def add_pipelines(
     @sb.utils.data_pipeline.takes("wrd", "has_text", "cropped")
     @sb.utils.data_pipeline.provides("tokens", "ctc_mask")
     def text(wrd, has_text, cropped):
-        yield vocab.encode(wrd)
+        # An utterance without text gets a one-space placeholder target (masked out of the
+        # loss): a batch of only such utterances would otherwise pad zero-length tensors,
+        # which SpeechBrain's padding cannot do.
+        yield vocab.encode(wrd) if wrd else vocab.encode(" ")
         yield torch.tensor([bool(has_text) and not cropped])
 
     for pipeline in (audio, emotion, text):

@@ -7,6 +7,7 @@ corpus shares one output layout: index 0 is the CTC blank, then space, apostroph
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -87,10 +88,14 @@ class CharVocabulary:
         return "".join(self.characters[int(i)] for i in ids if int(i) != self.blank_index)
 
     def save(self, path: str | Path) -> None:
-        """Writes the vocabulary as JSON ``{"characters": [...], "blank_index": 0}``."""
-        Path(path).write_text(
+        """Writes the vocabulary as JSON ``{"characters": [...], "blank_index": 0}``
+        (atomically: other processes never read a half-written file)."""
+        path = Path(path)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(
             json.dumps({"characters": list(self.characters), "blank_index": self.blank_index})
         )
+        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | Path) -> CharVocabulary:

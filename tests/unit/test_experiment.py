@@ -1,0 +1,59 @@
+"""Recipe arguments: override files, `extends`, command-line precedence."""
+
+import pytest
+from hyperpyyaml import load_hyperpyyaml
+
+from mtl_ser.experiment import parse_arguments, resolve_extends
+
+# Key names avoid prefixes of SpeechBrain's own options (argparse accepts abbreviations).
+BASE = """
+width: 1
+height: 2
+opts:
+  x: 1
+  y: 2
+ref: !ref <width>
+"""
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "base.yaml").write_text(BASE)
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nheight: 20\nopts:\n  y: 20\n")
+    (tmp_path / "grandchild.yaml").write_text("extends: child.yaml\nwidth: 100\n")
+    (tmp_path / "over.yaml").write_text("height: 30\nopts:\n  x: 30\n")
+    return tmp_path
+
+
+def load(files, argv):
+    hparams_file, _, overrides = parse_arguments(argv)
+    with open(hparams_file) as f:
+        return hparams_file, load_hyperpyyaml(f, overrides)
+
+
+def test_plain_file_and_cli(files):
+    path, h = load(files, [str(files / "base.yaml"), "--height=5"])
+    assert path == str(files / "base.yaml")
+    assert (h["width"], h["height"], h["opts"], h["ref"]) == (1, 5, {"x": 1, "y": 2}, 1)
+
+
+def test_extends_chain_and_precedence(files):
+    argv = [str(files / "grandchild.yaml"), str(files / "over.yaml"), "--width=7"]
+    path, h = load(files, argv)
+    assert path == str(files / "base.yaml")
+    # grandchild width=100 < command line 7; child height=20 < override file 30;
+    # nested keys merge: x from the override file, y from child.
+    assert (h["width"], h["height"], h["opts"], h["ref"]) == (7, 30, {"x": 30, "y": 20}, 7)
+
+
+def test_extends_loop_is_refused(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ValueError, match="extend each other in a loop"):
+        resolve_extends(tmp_path / "a.yaml")
+
+
+def test_unknown_override_key_is_refused(files):
+    (files / "typo.yaml").write_text("bb: 3\n")
+    with pytest.raises(KeyError, match="Override 'bb' not found"):
+        load(files, [str(files / "base.yaml"), str(files / "typo.yaml")])
