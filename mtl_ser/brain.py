@@ -3,8 +3,9 @@
 One class serves the multi-task recipe, the SER-only baseline (``alpha: 0`` and no CTC
 head) and the CNN baseline (another ``encoder`` module); configuration decides which.
 
-Modules (``hparams["modules"]``): ``encoder`` (waveform -> ``[B, T, D]`` + frame counts),
-``emotion_head`` and, when ``alpha > 0``, ``ctc_head``.
+Modules (``hparams["modules"]``): ``encoder`` (waveforms, or the features the data pipeline
+computes when ``features`` is configured -> ``[B, T, D]`` + frame counts), ``emotion_head``
+and, when ``alpha > 0``, ``ctc_head``.
 
 Checkpoints are chosen on *validation* UA only. The test set is evaluated once, after
 training, from the best validation checkpoint; saving a checkpoint after the test pass is
@@ -27,6 +28,7 @@ from speechbrain.utils.distributed import if_main_process
 from torch.utils.data import DataLoader
 
 from mtl_ser.data.text import CharVocabulary
+from mtl_ser.export import write_model_spec
 from mtl_ser.models.objective import MultiTaskObjective
 from mtl_ser.results import PredictionLog, write_run_outputs
 
@@ -52,8 +54,11 @@ class EmotionBrain(sb.Brain):
         vocab: the CTC character vocabulary.
         identity: facts about the run written into results.json (recipe, alpha, ...).
 
-    Reads from hparams: ``alpha``, ``wav_augment`` (or null), ``lr_encoder``, ``lr_heads``,
-    ``encoder_opt_class``, ``heads_opt_class``, ``warmup_fraction``, ``number_of_epochs``,
+    Reads from hparams: ``alpha``, ``features`` (null: the encoder reads the batch's
+    waveforms ``sig``; else its features ``feats``), ``batch_augment`` (augmentation of
+    training batches of the encoder input, or null), ``lr_encoder``, ``lr_heads``,
+    ``encoder_opt_class``, ``heads_opt_class``, ``warmup_fraction``, ``lr_decay``,
+    ``number_of_epochs``,
     ``epoch_counter``, ``train_logger``, ``output_folder``.
     """
 
@@ -78,15 +83,17 @@ class EmotionBrain(sb.Brain):
         self.steps_per_epoch = None
         self.test_done = False
         self.epochs_log = []
+        if if_main_process():  # how to rebuild the model offline (mtl-ser export / predict)
+            write_model_spec(self.hparams.output_folder, self.modules, self.labels, vocab)
 
     # ----------------------------------------------------------------- forward / objectives
     def compute_forward(self, batch, stage) -> Outputs:
         """Encoder -> heads. Training batches are augmented first (if configured)."""
         batch = batch.to(self.device)
-        wavs, wav_lens = batch.sig
-        if stage == sb.Stage.TRAIN and self.hparams.wav_augment is not None:
-            wavs, wav_lens = self.hparams.wav_augment(wavs, wav_lens)
-        feats, frame_lens = self.modules.encoder(wavs, wav_lens)
+        inputs, input_lens = batch.sig if self.hparams.features is None else batch.feats
+        if stage == sb.Stage.TRAIN and self.hparams.batch_augment is not None:
+            inputs, input_lens = self.hparams.batch_augment(inputs, input_lens)
+        feats, frame_lens = self.modules.encoder(inputs, input_lens)
         emo_logits = self.modules.emotion_head(feats, frame_lens)
         ctc_log_probs = self.modules.ctc_head(feats) if self.objective.ctc_enabled else None
         return Outputs(emo_logits, ctc_log_probs, frame_lens)
@@ -97,7 +104,7 @@ class EmotionBrain(sb.Brain):
         tokens, token_rel = batch.tokens
         token_lens = torch.round(token_rel * tokens.shape[1]).long()
         ctc_mask = batch.ctc_mask.data.squeeze(-1)
-        augment = self.hparams.wav_augment
+        augment = self.hparams.batch_augment
         if stage == sb.Stage.TRAIN and augment is not None:
             # Augmented copies keep their utterance's emotion and transcript.
             emo, tokens, token_lens, ctc_mask = augment.replicate_multiple_labels(
@@ -149,7 +156,8 @@ class EmotionBrain(sb.Brain):
 
     def init_optimizers(self):
         """Two optimisers (encoder, heads) with their own learning rates, each with linear
-        warm-up over ``warmup_fraction`` of all steps and linear decay to 0."""
+        warm-up over ``warmup_fraction`` of all steps, then linear decay to 0 at the last
+        step (``lr_decay: True``) or a constant learning rate."""
         if self.steps_per_epoch is None:
             raise RuntimeError("init_optimizers needs steps_per_epoch: call fit()")
         total = self.steps_per_epoch * self.hparams.number_of_epochs
@@ -172,7 +180,7 @@ class EmotionBrain(sb.Brain):
             if not params:  # e.g. a frozen encoder
                 continue
             optimizer = opt_class(params)
-            scheduler = LinearWarmupScheduler(lr, warmup, total)
+            scheduler = WarmupScheduler(lr, warmup, total, decay=self.hparams.lr_decay)
             for group in optimizer.param_groups:
                 group["lr"] = scheduler.calculate_lr(0)
             self.optimizers_dict[name] = optimizer
@@ -274,6 +282,20 @@ class EmotionBrain(sb.Brain):
             return []
         latest = {e["epoch"]: e for e in entries}  # a resumed epoch replaces its first try
         return [latest[k] for k in sorted(latest)]
+
+
+class WarmupScheduler(LinearWarmupScheduler):
+    """SpeechBrain's linear warm-up then linear decay, or warm-up then constant
+    (``decay=False``), per optimiser step; checkpointable like its parent."""
+
+    def __init__(self, initial_value, num_warmup_steps, num_training_steps, decay: bool = True):
+        super().__init__(initial_value, num_warmup_steps, num_training_steps)
+        self.decay = decay
+
+    def calculate_lr(self, current_step):
+        if not self.decay and current_step >= self.num_warmup_steps:
+            return self.lr0
+        return super().calculate_lr(current_step)
 
 
 def _loggable(stats: dict) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from mtl_ser.data.protocols import PROTOCOL_FOLDS, VALID_STRATEGIES
 
@@ -98,6 +99,65 @@ def _demo_data(args) -> None:
     )
 
 
+def _export(args) -> None:
+    from mtl_ser.export import export_run
+
+    out = export_run(args.run_folder, args.out_dir)
+    print(f"exported {args.run_folder} to {out}")
+
+
+def _predict(args) -> int:
+    from mtl_ser.inference import load_model
+    from mtl_ser.predict import collect_audio_files, write_predictions
+
+    if args.output is not None and Path(args.output).suffix.lower() not in (".csv", ".json"):
+        raise ValueError(f"--output must end in .csv or .json, not {args.output}")
+    model = load_model(args.model, window=args.window, device=args.device)
+    files = collect_audio_files(args.inputs)
+    if not files:
+        raise FileNotFoundError(f"no audio files in {args.inputs}")
+    predictions = model.predict_batch(files, batch_size=args.batch_size, progress=True)
+    write_predictions(predictions, model.labels, args.output)
+    failed = [p for p in predictions if p.error]
+    for p in failed:
+        print(f"failed: {p.error}", file=sys.stderr)
+    where = f" to {args.output}" if args.output else ""
+    print(f"{len(files) - len(failed)} of {len(files)} file(s) scored{where}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _add_inference(subparsers) -> None:
+    export = subparsers.add_parser("export", help="a finished run -> self-contained model folder")
+    export.add_argument("run_folder")
+    export.add_argument("out_dir")
+    export.set_defaults(func=_export)
+
+    predict = subparsers.add_parser(
+        "predict", help="emotions (and transcripts) of recordings; exit 1 if a file failed"
+    )
+    predict.add_argument("model", help="exported model folder or training run folder")
+    predict.add_argument("inputs", nargs="+", help="audio files and/or folders (searched)")
+    predict.add_argument(
+        "--output", default=None, help="results .csv or .json (default: CSV on stdout)"
+    )
+    predict.add_argument("--window", type=float, default=8.0, help="seconds scored at once")
+    predict.add_argument("--batch-size", type=int, default=8)
+    predict.add_argument("--device", default="cpu")
+    predict.set_defaults(func=_predict)
+
+
+def _sweep(args) -> int:
+    from mtl_ser.sweep import main as sweep_main
+
+    return sweep_main(args.argv)
+
+
+def _report(args) -> None:
+    from mtl_ser.report import write_report
+
+    write_report(args.folders, args.output_folder, echo=print)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtl-ser", description=__doc__.split("\n")[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +167,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("output", help="output folder")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo_data)
+    _add_inference(subparsers)
+
+    # The sweep parses its own options: argparse sub-commands cannot pass on what follows `--`.
+    sweep = subparsers.add_parser(
+        "sweep",
+        help="run a recipe for every (alpha, fold, seed); `mtl-ser sweep -h` for options",
+        add_help=False,
+        prefix_chars="\0",
+    )
+    sweep.add_argument("argv", nargs=argparse.REMAINDER)
+    sweep.set_defaults(func=_sweep)
+
+    report = subparsers.add_parser("report", help="tables and plots from finished runs")
+    report.add_argument("folders", nargs="+", help="folders searched for results.json")
+    report.add_argument("--output-folder", default=None, help="default: the first folder")
+    report.set_defaults(func=_report)
     return parser
 
 
@@ -114,12 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mtl-ser` console script. Returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)
     except (ValueError, FileNotFoundError) as err:
         # Data problems are the user's to fix: show the message, not a traceback.
         print(f"mtl-ser {args.command}: error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 import speechbrain as sb
+import torch
 from ruamel.yaml import YAML
 
 import mtl_ser
@@ -82,7 +83,7 @@ def merge_layers(layers: list) -> str:
     HyperPyYAML does) into one YAML string for ``load_hyperpyyaml``; "" when empty."""
     merged = {}
     for layer in layers:
-        _merge_into(merged, layer)
+        merge_into(merged, layer)
     if not merged:
         return ""
     out = io.StringIO()
@@ -90,10 +91,11 @@ def merge_layers(layers: list) -> str:
     return out.getvalue()
 
 
-def _merge_into(target: dict, layer: dict) -> None:
+def merge_into(target: dict, layer: dict) -> None:
+    """Updates ``target`` with ``layer`` in place; nested mappings merge key by key."""
     for key, value in layer.items():
         if isinstance(value, dict) and isinstance(target.get(key), dict):
-            _merge_into(target[key], value)
+            merge_into(target[key], value)
         else:
             target[key] = value
 
@@ -139,6 +141,14 @@ def experiment_vocabulary(output_folder: str | Path) -> CharVocabulary:
     elif sb.utils.distributed.if_main_process():
         vocab.save(path)
     return vocab
+
+
+def end_distributed() -> None:
+    """Under torchrun: waits for every process, then closes the process group (a process
+    leaving with gloo's threads still open can abort, failing the whole launch)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def run_identity(hparams: dict, label_set: LabelSet) -> dict:

@@ -20,6 +20,7 @@ from hyperpyyaml import load_hyperpyyaml
 from mtl_ser.brain import EmotionBrain
 from mtl_ser.data.pipelines import dataio_prep, train_loader_options
 from mtl_ser.experiment import (
+    end_distributed,
     experiment_vocabulary,
     label_set_of,
     parse_arguments,
@@ -77,6 +78,7 @@ def main(argv):
             f"UA {results['ua']:.2%}  macro-F1 {results['macro_f1']:.2%}  WER {wer}\n"
             f"results in {hparams['output_folder']}/results.json"
         )
+    end_distributed()
 
 
 if __name__ == "__main__":

@@ -1,25 +1,37 @@
-"""Every hparams file under hparams/ loads (with each override file that fits it)."""
+"""Every hparams file under hparams/ loads (with each override file that fits it).
+
+An override file fits the hparams files that have all its keys (tiny.yaml: the wav2vec2
+recipes; cnn_small.yaml: the CNN recipe). A pair that does not fit is not skipped: loading
+it must fail on the foreign key, as it does for a user.
+"""
 
 from pathlib import Path
 
 import pytest
 from hyperpyyaml import load_hyperpyyaml
+from ruamel.yaml import YAML
 
-from mtl_ser.experiment import merge_layers, parse_arguments
+from mtl_ser.experiment import merge_layers, parse_arguments, resolve_extends
 
 HPARAMS = Path(__file__).resolve().parents[1] / "hparams"
 MAIN_FILES = sorted(HPARAMS.glob("*.yaml"))
 OVERRIDE_FILES = sorted((HPARAMS / "overrides").glob("*.yaml"))
 
 
-def test_there_is_something_to_check():
-    assert {p.name for p in MAIN_FILES} >= {"mtl.yaml", "ser.yaml"}
-    assert {p.name for p in OVERRIDE_FILES} >= {"tiny.yaml"}
+def top_level_keys(path: Path) -> set[str]:
+    """The keys of an hparams or override file, including those of the files it extends."""
+    base, layers = resolve_extends(path)
+    keys = set(YAML().load(Path(base).read_text()))
+    for layer in layers:
+        keys |= set(layer)
+    return keys
 
 
-@pytest.mark.parametrize("override", [None, *OVERRIDE_FILES], ids=lambda p: p and p.name)
-@pytest.mark.parametrize("hparams", MAIN_FILES, ids=lambda p: p.name)
-def test_hparams_load(hparams, override, tmp_path):
+def fits(override: Path, hparams: Path) -> bool:
+    return top_level_keys(override) <= top_level_keys(hparams)
+
+
+def load(hparams: Path, override: Path | None, tmp_path: Path) -> dict:
     argv = [str(hparams)] + ([str(override)] if override else [])
     argv += [f"--data_folder={tmp_path}", f"--output_folder={tmp_path / 'out'}"]
     base, _, overrides = parse_arguments(argv)
@@ -28,6 +40,32 @@ def test_hparams_load(hparams, override, tmp_path):
         # Never download in tests: the structure is what is checked here.
         overrides = merge_layers([{"wav2vec2_source": "random:tiny"}]) + overrides
     with open(base) as f:
-        hparams_dict = load_hyperpyyaml(f, overrides)
+        return load_hyperpyyaml(f, overrides)
+
+
+def test_there_is_something_to_check():
+    assert {p.name for p in MAIN_FILES} >= {"mtl.yaml", "ser.yaml", "cnn.yaml"}
+    assert {p.name for p in OVERRIDE_FILES} >= {"tiny.yaml", "cnn_small.yaml"}
+
+
+def test_every_override_file_fits_some_hparams_file():
+    fitting = {o.name: [h.name for h in MAIN_FILES if fits(o, h)] for o in OVERRIDE_FILES}
+    assert all(fitting.values()), fitting
+    assert fitting["tiny.yaml"] == ["mtl.yaml", "ser.yaml"]
+    assert fitting["cnn_small.yaml"] == ["cnn.yaml"]
+
+
+@pytest.mark.parametrize("override", [None, *OVERRIDE_FILES], ids=lambda p: p and p.name)
+@pytest.mark.parametrize("hparams", MAIN_FILES, ids=lambda p: p.name)
+def test_hparams_load(hparams, override, tmp_path):
+    if override is not None and not fits(override, hparams):
+        foreign = sorted(top_level_keys(override) - top_level_keys(hparams))
+        with pytest.raises(KeyError, match=f"Override '({'|'.join(foreign)})' not found"):
+            load(hparams, override, tmp_path)
+        return
+    hparams_dict = load(hparams, override, tmp_path)
     assert hparams_dict["output_folder"] == str(tmp_path / "out")
     assert "encoder" in hparams_dict["modules"] and "emotion_head" in hparams_dict["modules"]
+    # Keys every recipe's Brain and pipelines read (see mtl_ser/brain.py, data/pipelines.py).
+    for key in ("alpha", "features", "batch_augment", "max_len", "encoder_name", "recipe"):
+        assert key in hparams_dict, key

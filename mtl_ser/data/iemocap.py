@@ -32,7 +32,9 @@ FULL_RELEASE_RAW_COUNTS = {"neu": 1708, "hap": 595, "exc": 1041, "ang": 1103, "s
 FULL_RELEASE_4CLASS_TOTAL = 5531
 FULL_RELEASE_4CLASS_PER_SESSION = {1: 1085, 2: 1023, 3: 1151, 4: 1031, 5: 1241}
 
-_UTT_ID = re.compile(r"Ses(?P<session>\d\d)(?P<marker>[FM])_(?P<rest>.+)_(?P<gender>[FM])[A-Za-z0-9]*")
+_UTT_ID = re.compile(
+    r"Ses(?P<session>\d\d)(?P<marker>[FM])_(?P<rest>.+)_(?P<gender>[FM])[A-Za-z0-9]*"
+)
 _LABEL_LINE = re.compile(r"\[\s*[\d.]+\s*-\s*[\d.]+\s*\]\t(?P<id>\S+)\t(?P<label>\S+)\t\[.*\]")
 _TRANSCRIPT_LINE = re.compile(r"(?P<id>Ses\S+) \[[\d.]+-[\d.]+\]:\s?(?P<text>.*)")
 
@@ -109,7 +111,8 @@ class ScanReport:
         out = [
             f"sessions found: {self.sessions_found}",
             f"labelled utterances (EmoEvaluation): {self.label_entries}",
-            "raw labels: " + ", ".join(f"{k} {v}" for k, v in sorted(self.raw_label_counts.items())),
+            "raw labels: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(self.raw_label_counts.items())),
         ]
         for name in (
             "labels_without_wav",
@@ -180,7 +183,9 @@ def _find_wavs(session_dir: Path, report: ScanReport) -> dict[str, Path]:
     return wavs
 
 
-def scan_iemocap(data_folder: str | Path, progress: bool = True) -> tuple[list[Utterance], ScanReport]:
+def scan_iemocap(
+    data_folder: str | Path, progress: bool = True
+) -> tuple[list[Utterance], ScanReport]:
     """Reads every labelled utterance of an IEMOCAP copy (full or partial).
 
     Args:
@@ -304,7 +309,9 @@ def check_full_release(utterances: list[Utterance], report: ScanReport) -> list[
         problems.append(f"4-class total: {total}, expected {FULL_RELEASE_4CLASS_TOTAL}")
     for session, expected in FULL_RELEASE_4CLASS_PER_SESSION.items():
         if per_session[session] != expected:
-            problems.append(f"Session{session} 4-class: {per_session[session]}, expected {expected}")
+            problems.append(
+                f"Session{session} 4-class: {per_session[session]}, expected {expected}"
+            )
     if problems:
         raise ValueError(
             "this looks like the full IEMOCAP release but its counts differ from the published "

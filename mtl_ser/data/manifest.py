@@ -167,9 +167,7 @@ def load_manifest(path: str | Path, data_root: str | Path | None = None) -> dict
     return data
 
 
-def summarize(
-    splits: dict[str, dict[str, dict]], label_set: LabelSet, header: list[str]
-) -> str:
+def summarize(splits: dict[str, dict[str, dict]], label_set: LabelSet, header: list[str]) -> str:
     """A plain-text table of utterances per split x speaker x class, plus hours per split.
 
     Args:

@@ -110,4 +110,3 @@ def prepare_iemocap(
     if verbose:
         print(summary)
     return paths
-

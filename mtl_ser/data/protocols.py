@@ -74,7 +74,9 @@ class SplitOptions:
         elif strategy not in VALID_STRATEGIES:
             raise ValueError(f"valid_strategy {strategy!r} is not one of {VALID_STRATEGIES}")
         if self.protocol == "random" and strategy == "speaker":
-            raise ValueError("the random protocol is speaker-dependent: use valid_strategy stratified")
+            raise ValueError(
+                "the random protocol is speaker-dependent: use valid_strategy stratified"
+            )
         if strategy == "stratified" and not 0 < self.valid_fraction < 1:
             raise ValueError(f"valid_fraction must be in (0, 1), got {self.valid_fraction}")
         speaker = self.valid_speaker
@@ -83,7 +85,9 @@ class SplitOptions:
             speaker = f"Ses{test_session % 5 + 1:02d}F"
         if strategy != "speaker" and speaker is not None:
             raise ValueError("valid_speaker is only used with valid_strategy 'speaker'")
-        return SplitOptions(self.protocol, self.fold, strategy, self.valid_fraction, speaker, self.seed)
+        return SplitOptions(
+            self.protocol, self.fold, strategy, self.valid_fraction, speaker, self.seed
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -168,8 +172,8 @@ def assign_splits(records: list[dict], options: SplitOptions) -> dict[str, list[
     else:  # random: stratified 10% test, then valid below from the rest
         test_ids = stratified_pick(records, 0.1, rng)
         is_test = [r["id"] in test_ids for r in records]
-    test = [r for r, t in zip(records, is_test) if t]
-    pool = [r for r, t in zip(records, is_test) if not t]
+    test = [r for r, t in zip(records, is_test, strict=True) if t]
+    pool = [r for r, t in zip(records, is_test, strict=True) if not t]
 
     if o.valid_strategy == "protocol":  # loso_speaker: the other speaker of the test session
         session, gender = _speaker_fold(o.fold)

@@ -46,7 +46,7 @@ class AttentiveStatisticsPooling(nn.Module):
         return torch.cat([mean, torch.sqrt(var.clamp(min=1e-6))], dim=-1)
 
 
-POOLINGS = {"mean": MeanPooling, "attentive": AttentiveStatisticsPooling}
+POOLINGS = ("mean", "attentive")
 
 
 class EmotionHead(nn.Module):
@@ -61,15 +61,27 @@ class EmotionHead(nn.Module):
         pooling: "mean" (Cai et al.) or "attentive" (attentive statistics).
         dropout: dropout before the linear layer.
         n_classes: number of classes, or None to set later.
+        attention_size: hidden size of the attentive pooling's scorer.
     """
 
     def __init__(
-        self, input_size: int, pooling: str = "mean", dropout: float = 0.0, n_classes=None
+        self,
+        input_size: int,
+        pooling: str = "mean",
+        dropout: float = 0.0,
+        n_classes=None,
+        attention_size: int = 128,
     ):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling {pooling!r} is not one of {list(POOLINGS)}")
-        self.pooling = POOLINGS[pooling](input_size)
+        self._kwargs = dict(
+            input_size=input_size, pooling=pooling, dropout=dropout, attention_size=attention_size
+        )
+        if pooling == "attentive":
+            self.pooling = AttentiveStatisticsPooling(input_size, attention_size)
+        else:
+            self.pooling = MeanPooling(input_size)
         self.dropout = nn.Dropout(dropout)
         self.classifier = None
         self.n_classes = None
@@ -84,6 +96,10 @@ class EmotionHead(nn.Module):
             return
         self.n_classes = int(n_classes)
         self.classifier = nn.Linear(self.pooling.output_size, self.n_classes)
+
+    def export_kwargs(self) -> dict:
+        """Constructor arguments that rebuild this head (weights apart)."""
+        return {**self._kwargs, "n_classes": self.n_classes}
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Args: x ``[B, T, D]``; lengths ``[B]`` frames. Returns: logits ``[B, n_classes]``."""
@@ -100,9 +116,14 @@ class CTCHead(nn.Module):
 
     def __init__(self, input_size: int, n_tokens: int, dropout: float = 0.0):
         super().__init__()
+        self._kwargs = dict(input_size=input_size, n_tokens=n_tokens, dropout=dropout)
         self.n_tokens = n_tokens
         self.dropout = nn.Dropout(dropout)
         self.linear = nn.Linear(input_size, n_tokens)
+
+    def export_kwargs(self) -> dict:
+        """Constructor arguments that rebuild this head (weights apart)."""
+        return dict(self._kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(self.linear(self.dropout(x)), dim=-1)

@@ -52,17 +52,22 @@ def _missing_model_message(source: str, save_path: str | None, err: Exception) -
     )
 
 
-def build_wav2vec2(source: str, save_path: str | None = None, **config_overrides) -> Wav2Vec2Model:
+def build_wav2vec2(
+    source: str | dict, save_path: str | None = None, **config_overrides
+) -> Wav2Vec2Model:
     """Creates the Hugging Face model.
 
     Args:
-        source: hub id, local folder with config.json + weights, or ``random:<preset>``.
+        source: hub id, local folder with config.json + weights, ``random:<preset>``, or a
+            Wav2Vec2Config as a dict (random weights, to be loaded from an export).
         save_path: hub cache folder for downloads (None: the default HF cache).
         **config_overrides: Wav2Vec2Config attributes to override (layerdrop, mask_time_prob...).
 
     Returns: a Wav2Vec2Model. Raises OSError with instructions when a pretrained model can't
     be found.
     """
+    if isinstance(source, dict):
+        return Wav2Vec2Model(Wav2Vec2Config.from_dict({**source, **config_overrides}))
     if source.startswith("random:"):
         preset = source.split(":", 1)[1]
         if preset not in RANDOM_PRESETS:
@@ -105,7 +110,6 @@ class Wav2Vec2Encoder(nn.Module):
         self.model = build_wav2vec2(
             source, save_path, layerdrop=layerdrop, mask_time_prob=mask_time_prob
         )
-        self.source = source
         self.freeze = freeze
         self.normalize_waveform = normalize_waveform
         config = self.model.config
@@ -121,6 +125,13 @@ class Wav2Vec2Encoder(nn.Module):
             self.model.requires_grad_(False)
         elif freeze_feature_encoder:
             self.model.feature_extractor.requires_grad_(False)
+
+    def export_kwargs(self) -> dict:
+        """Constructor arguments that rebuild this architecture offline (weights apart)."""
+        return {
+            "source": self.model.config.to_dict(),
+            "normalize_waveform": self.normalize_waveform,
+        }
 
     def train(self, mode: bool = True):
         """A frozen encoder stays in eval mode (no dropout, no masking)."""

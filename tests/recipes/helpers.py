@@ -9,15 +9,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "hparams/overrides/tiny.yaml")
+CNN_SMALL = str(ROOT / "hparams/overrides/cnn_small.yaml")
 
 
-def recipe_command(recipe: str, hparams: str, data: Path, out: Path, *extra: str) -> list[str]:
-    """The command line of a tiny-encoder run of ``recipes/<recipe>`` on ``data``."""
+def recipe_command(
+    recipe: str, hparams: str, data: Path, out: Path, *extra: str, overrides=(TINY,)
+) -> list[str]:
+    """The command line of a run of ``recipes/<recipe>`` on ``data`` with the given override
+    files (default: the tiny wav2vec2 encoder)."""
     return [
         sys.executable,
         str(ROOT / "recipes" / recipe),
         str(ROOT / "hparams" / hparams),
-        TINY,
+        *overrides,
         f"--data_folder={data}",
         f"--output_folder={out}",
         "--noprogressbar",

@@ -1,0 +1,236 @@
+"""Self-contained models: what a run saves to be rebuilt, and `mtl-ser export`.
+
+A training run writes ``model_spec.json`` (how to rebuild each module offline: class and
+constructor arguments, the label order, the character vocabulary, the audio settings). With
+the best checkpoint (by validation UA) that is all inference needs, so
+
+    mtl-ser export RUN_FOLDER OUT_DIR
+
+writes a folder that loads without the training YAML, the data or the network::
+
+    mtl_ser_model.json     the spec + provenance (run identity, checkpoint epoch, metrics)
+    encoder.safetensors  emotion_head.safetensors  [ctc_head.safetensors]
+    encoder_config.json    the encoder's constructor arguments (for wav2vec2: its HF config)
+    vocab.json  labels.json
+    README.md              model card
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mtl_ser.checkpoints import CrashSafeCheckpointer
+from mtl_ser.data.audio import SAMPLE_RATE
+from mtl_ser.data.labels import LabelSet
+from mtl_ser.data.text import CharVocabulary
+
+SPEC_FILE = "model_spec.json"
+EXPORT_FILE = "mtl_ser_model.json"
+SPEC_FORMAT = 1
+INFERENCE_MODULES = ("encoder", "emotion_head", "ctc_head")
+
+
+def module_spec(module: torch.nn.Module) -> dict:
+    """``{"class": "mtl_ser....Name", "kwargs": {...}}`` from the module's `export_kwargs`."""
+    cls = type(module)
+    if not hasattr(module, "export_kwargs"):
+        raise TypeError(f"{cls.__qualname__} cannot be exported: it has no export_kwargs()")
+    return {"class": f"{cls.__module__}.{cls.__qualname__}", "kwargs": module.export_kwargs()}
+
+
+def build_module(spec: dict) -> torch.nn.Module:
+    """Instantiates a module from `module_spec` output (random weights).
+
+    Only classes of the mtl_ser package are accepted: a model folder must not be able to
+    import arbitrary code.
+    """
+    path = spec["class"]
+    if not path.startswith("mtl_ser."):
+        raise ValueError(f"refusing to build {path!r}: only mtl_ser classes can be loaded")
+    module_name, _, class_name = path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(**spec["kwargs"])
+
+
+def write_model_spec(
+    folder: str | Path,
+    modules: dict[str, torch.nn.Module],
+    labels: tuple[str, ...],
+    vocab: CharVocabulary,
+) -> Path:
+    """Writes ``model_spec.json`` for the inference modules present in ``modules``.
+
+    Args:
+        folder: the run's output folder.
+        modules: the Brain's modules (encoder, emotion_head and, with CTC, ctc_head).
+        labels: class order.
+        vocab: CTC vocabulary.
+
+    Returns: the path written.
+    """
+    spec = {
+        "format": SPEC_FORMAT,
+        "modules": {
+            name: module_spec(modules[name]) for name in INFERENCE_MODULES if name in modules
+        },
+        "labels": list(labels),
+        "vocab": list(vocab.characters),
+        "sample_rate": SAMPLE_RATE,
+        "channels": "mean",  # multi-channel input is averaged to mono
+    }
+    path = Path(folder) / SPEC_FILE
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(spec, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass
+class LoadedModel:
+    """Modules with their weights plus what is needed to use them."""
+
+    modules: dict[str, torch.nn.Module]  # encoder, emotion_head, [ctc_head], in eval mode
+    labels: tuple[str, ...]
+    vocab: CharVocabulary
+    sample_rate: int
+    info: dict  # provenance: run identity, metrics, checkpoint epoch
+
+
+def _build_all(spec: dict, state_dicts: dict[str, dict]) -> dict[str, torch.nn.Module]:
+    modules = {}
+    for name, module_spec_ in spec["modules"].items():
+        module = build_module(module_spec_)
+        module.load_state_dict(state_dicts[name], strict=True)  # raises on any mismatch
+        modules[name] = module.eval()
+    return modules
+
+
+def load_run(run_folder: str | Path) -> LoadedModel:
+    """Loads the best checkpoint (by validation UA) of a finished or running training run.
+
+    Raises FileNotFoundError naming what is missing (model_spec.json, checkpoints).
+    """
+    run = Path(run_folder)
+    spec_path = run / SPEC_FILE
+    if not spec_path.is_file():
+        raise FileNotFoundError(
+            f"{spec_path} not found: {run} is not a training run folder of mtl_ser "
+            "(or was trained by a version that did not save model specs)"
+        )
+    spec = json.loads(spec_path.read_text())
+    checkpoint = CrashSafeCheckpointer(run / "save").find_checkpoint(max_key="UA")
+    if checkpoint is None:
+        raise FileNotFoundError(f"no complete checkpoint with a validation UA in {run / 'save'}")
+    state_dicts = {}
+    for name in spec["modules"]:
+        if name not in checkpoint.paramfiles:
+            raise FileNotFoundError(f"checkpoint {checkpoint.path} has no {name}.ckpt")
+        state_dicts[name] = torch.load(checkpoint.paramfiles[name], map_location="cpu")
+    results_path = run / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else None
+    info = {
+        "source_run": str(run.resolve()),
+        "checkpoint": checkpoint.path.name,
+        "checkpoint_epoch": checkpoint.meta.get("epoch"),
+        "valid_ua": checkpoint.meta.get("UA"),
+        "results": results,
+    }
+    return LoadedModel(
+        modules=_build_all(spec, state_dicts),
+        labels=tuple(spec["labels"]),
+        vocab=CharVocabulary(tuple(spec["vocab"])),
+        sample_rate=spec["sample_rate"],
+        info=info,
+    )
+
+
+def load_exported(folder: str | Path) -> LoadedModel:
+    """Loads a folder written by `export_run` (no YAML, data or network needed)."""
+    folder = Path(folder)
+    meta = json.loads((folder / EXPORT_FILE).read_text())
+    spec = meta["spec"]
+    state_dicts = {name: load_file(str(folder / f"{name}.safetensors")) for name in spec["modules"]}
+    return LoadedModel(
+        modules=_build_all(spec, state_dicts),
+        labels=tuple(spec["labels"]),
+        vocab=CharVocabulary(tuple(spec["vocab"])),
+        sample_rate=spec["sample_rate"],
+        info=meta["info"],
+    )
+
+
+def export_run(run_folder: str | Path, out_dir: str | Path) -> Path:
+    """Writes a self-contained model folder from a finished run (see the module docstring).
+
+    Raises FileNotFoundError when the run has no results.json (it has not been tested).
+    """
+    run = Path(run_folder)
+    if not (run / "results.json").is_file():
+        raise FileNotFoundError(f"{run / 'results.json'} not found: export a finished run")
+    model = load_run(run)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = json.loads((run / SPEC_FILE).read_text())
+    for name, module in model.modules.items():
+        tensors = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+        save_file(tensors, str(out / f"{name}.safetensors"))
+        os.chmod(out / f"{name}.safetensors", 0o644)  # safetensors writes 0600; models are shared
+    (out / "encoder_config.json").write_text(
+        json.dumps(spec["modules"]["encoder"]["kwargs"], indent=2) + "\n"
+    )
+    model.vocab.save(out / "vocab.json")
+    LabelSet(model.labels).save(out)
+    (out / "README.md").write_text(model_card(model, spec))
+    # Written last: a folder without it is not a (complete) export.
+    (out / EXPORT_FILE).write_text(json.dumps({"spec": spec, "info": model.info}, indent=2) + "\n")
+    return out
+
+
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def model_card(model: LoadedModel, spec: dict) -> str:
+    """A short README for an exported model: identity, test metrics, usage."""
+    results = model.info["results"] or {}
+    has_ctc = "ctc_head" in model.modules
+    wer = results.get("wer")
+    lines = [
+        f"# mtl-ser model: {results.get('recipe', '?')} (alpha = {results.get('alpha', '?')})",
+        "",
+        "Speech emotion recognition"
+        + (" with a CTC character head (greedy transcripts)" if has_ctc else "")
+        + ", trained with mtl-ser.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| encoder | `{results.get('encoder', spec['modules']['encoder']['class'])}` |",
+        f"| classes (in order) | {', '.join(model.labels)} |",
+        f"| protocol, fold, seed | {results.get('protocol')}, {results.get('fold')}, "
+        f"{results.get('seed')} |",
+        f"| checkpoint | epoch {model.info['checkpoint_epoch']}, chosen on validation UA "
+        f"{_percent(model.info['valid_ua'])} |",
+        f"| test WA / UA / macro-F1 | {_percent(results.get('wa'))} / "
+        f"{_percent(results.get('ua'))} / {_percent(results.get('macro_f1'))} |",
+        f"| test WER / CER | {'n/a' if wer is None else f'{wer:.3f}'} / "
+        f"{'n/a' if results.get('cer') is None else format(results['cer'], '.3f')} |",
+        f"| test utterances | {results.get('num_utterances')} |",
+        f"| audio | {spec['sample_rate']} Hz mono (other rates are resampled, channels averaged) |",
+        "",
+        "```python",
+        "from mtl_ser import load_model",
+        "model = load_model('path/to/this/folder')",
+        "print(model.predict('speech.wav'))",
+        "```",
+        "",
+        "or `mtl-ser predict path/to/this/folder recordings/ --output predictions.csv`.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,65 @@
+"""`mtl-ser predict`: files and folders in, one row per recording out (CSV or JSON)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from mtl_ser.inference import AUDIO_EXTENSIONS, Prediction
+
+
+def collect_audio_files(inputs: list[str | Path]) -> list[Path]:
+    """Expands folders (recursively, audio extensions only, sorted) and keeps files as given.
+
+    A path that does not exist is kept, so that it gets its own error row.
+    """
+    files = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(
+                p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+            )
+            files.extend(found)
+        else:
+            files.append(item)
+    return files
+
+
+def rows(predictions: list[Prediction], labels: tuple[str, ...]) -> list[dict]:
+    """Flat rows: path, emotion, p_<class>..., transcript, duration, windows,
+    window_emotions (``;``-separated), error."""
+    out = []
+    for p in predictions:
+        row = {"path": p.path, "emotion": p.emotion}
+        row.update({f"p_{c}": p.probabilities.get(c) for c in labels})
+        row.update(
+            transcript=p.transcript,
+            duration=p.duration,
+            windows=len(p.windows),
+            window_emotions=";".join(w.emotion for w in p.windows),
+            error=p.error,
+        )
+        out.append(row)
+    return out
+
+
+def write_predictions(
+    predictions: list[Prediction], labels: tuple[str, ...], output: str | Path | None
+) -> None:
+    """Writes CSV (``.csv``, or stdout when ``output`` is None) or JSON (``.json``, with the
+    per-window details)."""
+    if output is not None and Path(output).suffix.lower() == ".json":
+        Path(output).write_text(json.dumps([asdict(p) for p in predictions], indent=2) + "\n")
+        return
+    table = rows(predictions, labels)
+    handle = open(output, "w", newline="") if output else sys.stdout
+    try:
+        writer = csv.DictWriter(handle, fieldnames=list(table[0]) if table else ["path"])
+        writer.writeheader()
+        writer.writerows(table)
+    finally:
+        if output:
+            handle.close()

@@ -1,0 +1,547 @@
+"""Finished runs -> the tables and figures of a paper.
+
+    mtl-ser report O [O2 ...] [--output-folder R]
+
+Reads every ``results.json`` below the given folders (any recipe) and writes to R (default O):
+
+- ``summary.md``: per (recipe, protocol, alpha) the mean ± sample standard deviation
+  (ddof = 1) over its runs (folds x seeds) of WA, UA, macro-F1, WER, CER, WER on improvised
+  utterances; the pooled WA and UA of the summed confusion matrix (Cai et al. report pooled
+  WA: correct / all test utterances); folds found against the protocol's folds; then one
+  line per run.
+- ``summary.csv`` (one row per (recipe, protocol, alpha)) and ``runs.csv`` (one per run),
+  with metrics as fractions at full precision.
+- ``alpha_ablation.png``: UA and WA (top) and WER (bottom) against alpha, error bars = sample
+  std; alpha = 0 sits on its own short axis labelled "0", left of the log axis of alpha > 0.
+- ``confusion_<recipe>_<protocol>_alpha<alpha>.png``: the summed confusion matrix per row.
+
+Runs are refused (ValueError) rather than averaged when a row mixes label sets or encoders,
+or holds two runs of the same fold and seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mtl_ser.data.protocols import PROTOCOL_FOLDS, SPEAKER_INDEPENDENT
+from mtl_ser.results import RESULTS_FILE, RESULTS_SCHEMA
+
+METRICS = ("wa", "ua", "macro_f1", "wer", "cer", "wer_improvised")
+PERCENT = {"wa", "ua", "macro_f1"}  # shown in %; error rates as fractions
+METRIC_NAMES = {
+    "wa": "WA %",
+    "ua": "UA %",
+    "macro_f1": "macro-F1 %",
+    "wer": "WER",
+    "cer": "CER",
+    "wer_improvised": "WER impro.",
+}
+REQUIRED_KEYS = ("recipe", "alpha", "protocol", "fold", "seed", "labels", "confusion_matrix")
+
+
+# ---------------------------------------------------------------------------------- input
+def find_results(folders: list[str | Path]) -> list[dict]:
+    """Loads every results.json below ``folders``.
+
+    Returns: the results dicts, each with ``"path"`` (the file) added, sorted by identity.
+    Raises ValueError for a file that is not a results.json of this schema, FileNotFoundError
+    when a folder is missing or holds none.
+    """
+    paths = set()
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no folder {folder}")
+        found = {p.resolve() for p in folder.rglob(RESULTS_FILE)}
+        if not found:
+            raise FileNotFoundError(f"no {RESULTS_FILE} below {folder}")
+        paths |= found
+    runs = []
+    for path in sorted(paths):
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as err:
+            raise ValueError(f"{path}: not JSON ({err})") from None
+        if data.get("schema") != RESULTS_SCHEMA:
+            raise ValueError(
+                f"{path}: results schema {data.get('schema')}, expected {RESULTS_SCHEMA}"
+            )
+        missing = [k for k in (*REQUIRED_KEYS, *METRICS) if k not in data]
+        if missing:
+            raise ValueError(f"{path}: missing {', '.join(missing)}")
+        runs.append({**data, "path": str(path)})
+    runs.sort(key=lambda r: (r["recipe"], r["protocol"], r["alpha"], r["fold"], r["seed"]))
+    return runs
+
+
+# ---------------------------------------------------------------------------- aggregation
+@dataclass
+class Row:
+    """One (recipe, protocol, alpha) and what its runs give.
+
+    Attributes:
+        recipe, protocol, alpha: the row's key.
+        runs: its results dicts.
+        stats: metric -> (mean, sample std or None when n < 2, n) over the runs that report
+            it; (None, None, 0) when none does (WER without CTC).
+        confusion: summed confusion matrix (rows true, columns predicted).
+        labels, encoder: shared by every run.
+        folds: folds found; expected: the protocol's fold count (None if unknown).
+        missing: seed -> folds of the protocol that this seed lacks (empty when complete).
+    """
+
+    recipe: str
+    protocol: str
+    alpha: float
+    runs: list[dict]
+    stats: dict
+    confusion: np.ndarray
+    labels: list[str]
+    encoder: str | None
+    folds: list[int]
+    expected: int | None
+    missing: dict
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    @property
+    def complete(self) -> bool:
+        return self.expected is not None and not any(self.missing.values())
+
+    @property
+    def pooled_wa(self) -> float:
+        """Correct over all test utterances of the row's runs."""
+        return float(np.trace(self.confusion) / self.confusion.sum())
+
+    @property
+    def pooled_ua(self) -> float:
+        """Mean recall of the summed confusion matrix over the classes that occur."""
+        totals = self.confusion.sum(axis=1)
+        present = totals > 0
+        return float(np.mean(np.diag(self.confusion)[present] / totals[present]))
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({r["seed"] for r in self.runs})
+
+    def folds_text(self) -> str:
+        """E.g. ``5/5`` or ``2/5 (missing 3, 4, 5)``, per seed when seeds differ."""
+        if self.expected is None:
+            return f"{len(self.folds)} (protocol {self.protocol}: fold count unknown)"
+        text = f"{len(self.folds)}/{self.expected}"
+        lacking = {s: f for s, f in self.missing.items() if f}
+        if not lacking:
+            return text
+        if len(self.missing) == 1:
+            return f"{text} (missing {_join(next(iter(lacking.values())))})"
+        return (
+            text + " (" + "; ".join(f"seed {s} misses {_join(f)}" for s, f in lacking.items()) + ")"
+        )
+
+
+def _join(values) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None, int]:
+    """(mean, sample standard deviation with ddof = 1, n); std is None for n < 2 and both are
+    None for n = 0."""
+    n = len(values)
+    if n == 0:
+        return None, None, 0
+    mean = float(np.mean(values))
+    return mean, (float(np.std(values, ddof=1)) if n > 1 else None), n
+
+
+def aggregate(runs: list[dict]) -> list[Row]:
+    """Groups runs by (recipe, protocol, alpha) and summarises each group.
+
+    Returns: rows sorted by recipe, protocol, alpha. Raises ValueError when a group mixes
+    label sets (their confusion matrices and recalls do not add up) or encoders (different
+    experiments), or holds the same (fold, seed) twice (a fold would count double).
+    """
+    groups = defaultdict(list)
+    for run in runs:
+        groups[(run["recipe"], run["protocol"], float(run["alpha"]))].append(run)
+    rows = []
+    for (recipe, protocol, alpha), members in sorted(groups.items()):
+        name = f"{recipe} {protocol} alpha={alpha:g}"
+        for key in ("labels", "encoder"):
+            variants = defaultdict(list)
+            for run in members:
+                variants[json.dumps(run.get(key))].append(run["path"])
+            if len(variants) > 1:
+                listing = "\n".join(
+                    f"  {key} {value}: {', '.join(paths)}" for value, paths in variants.items()
+                )
+                raise ValueError(f"{name}: runs differ in {key}, refusing to average:\n{listing}")
+        seen = {}
+        for run in members:
+            ident = (run["fold"], run["seed"])
+            if ident in seen:
+                raise ValueError(
+                    f"{name}: fold {ident[0]} seed {ident[1]} twice: {seen[ident]} and "
+                    f"{run['path']}"
+                )
+            seen[ident] = run["path"]
+        stats = {
+            m: mean_std([float(r[m]) for r in members if r.get(m) is not None]) for m in METRICS
+        }
+        expected = PROTOCOL_FOLDS.get(protocol)
+        folds = sorted({r["fold"] for r in members})
+        missing = {}
+        for seed in sorted({r["seed"] for r in members}):
+            have = {r["fold"] for r in members if r["seed"] == seed}
+            missing[seed] = [k for k in range(1, (expected or 0) + 1) if k not in have]
+        rows.append(
+            Row(
+                recipe=recipe,
+                protocol=protocol,
+                alpha=alpha,
+                runs=members,
+                stats=stats,
+                confusion=np.sum([np.asarray(r["confusion_matrix"]) for r in members], axis=0),
+                labels=list(members[0]["labels"]),
+                encoder=members[0].get("encoder"),
+                folds=folds,
+                expected=expected,
+                missing=missing,
+            )
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------------------- tables
+def _cell(value: float | None, metric: str) -> str:
+    if value is None:
+        return "–"
+    return f"{100 * value:.2f}" if metric in PERCENT else f"{value:.3f}"
+
+
+def _mean_std_cell(stat: tuple, metric: str) -> str:
+    mean, std, n = stat
+    if mean is None:
+        return "–"
+    return _cell(mean, metric) + ("" if std is None else f" ± {_cell(std, metric)}")
+
+
+def _protocol_text(protocol: str) -> str:
+    if protocol in SPEAKER_INDEPENDENT:
+        return protocol
+    return f"{protocol} (speaker-{'dependent' if protocol == 'random' else 'overlapping'})"
+
+
+def _alpha_text(alpha: float) -> str:
+    return f"{alpha:g}"
+
+
+def confusion_file(row: Row) -> str:
+    return f"confusion_{row.recipe}_{row.protocol}_alpha{_alpha_text(row.alpha)}.png"
+
+
+def summary_markdown(rows: list[Row], folders: list, output_folder: Path, figures: list) -> str:
+    """The text of summary.md (see the module docstring)."""
+    n_runs = sum(r.n for r in rows)
+    lines = [
+        "# Results summary",
+        "",
+        f"{n_runs} runs from {', '.join(f'`{f}`' for f in folders)} (`mtl-ser report`).",
+        "",
+        "Each row: mean ± sample standard deviation (ddof = 1) over its n runs (folds x seeds); "
+        "no ± when n = 1. WA, UA and macro-F1 in %, WER / CER as fractions (greedy CTC, "
+        "utterances with a transcript; – without CTC). Pooled WA / UA: from the confusion "
+        "matrices summed over the row's runs (pooled WA = correct / all test utterances, "
+        "the figure Cai et al. report).",
+        "",
+    ]
+    header = ["recipe", "protocol", "alpha", "n", "folds"]
+    header += [METRIC_NAMES[m] for m in METRICS] + ["pooled WA %", "pooled UA %", "test utts"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row.recipe, _protocol_text(row.protocol), _alpha_text(row.alpha), str(row.n)]
+        cells.append(row.folds_text() + ("" if row.complete else " **incomplete**"))
+        cells += [_mean_std_cell(row.stats[m], m) for m in METRICS]
+        cells += [_cell(row.pooled_wa, "wa"), _cell(row.pooled_ua, "ua")]
+        cells.append(str(int(row.confusion.sum())))
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = []
+    for row in rows:
+        name = f"{row.recipe} {row.protocol} alpha={_alpha_text(row.alpha)}"
+        if not row.complete:
+            notes.append(f"{name}: incomplete set of folds: {row.folds_text()}.")
+        partial = [m for m in METRICS if 0 < row.stats[m][2] < row.n]
+        if partial:
+            notes.append(f"{name}: {', '.join(partial)} reported by only some runs.")
+    if any(r.protocol not in SPEAKER_INDEPENDENT for r in rows):
+        notes.append(
+            "cai2021 shares speakers between training and test, random is speaker-dependent: "
+            "their numbers are not comparable with loso / loso_speaker."
+        )
+    encoders = sorted({str(r.encoder) for r in rows})
+    notes.append(f"Encoder(s): {', '.join(encoders)}; labels: {', '.join(rows[0].labels)}.")
+    lines += ["", *(f"- {note}" for note in notes), "", "## Runs", ""]
+    header = ["recipe", "protocol", "alpha", "fold", "seed"]
+    header += [METRIC_NAMES[m] for m in METRICS] + ["test utts", "best epoch", "run"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        for run in row.runs:
+            folder = os.path.relpath(Path(run["path"]).parent, output_folder)
+            cells = [run["recipe"], run["protocol"], _alpha_text(run["alpha"])]
+            cells += [str(run["fold"]), str(run["seed"])]
+            cells += [_cell(run.get(m), m) for m in METRICS]
+            cells += [str(run.get("num_utterances")), str(run.get("best_epoch")), f"`{folder}`"]
+            lines.append("| " + " | ".join(cells) + " |")
+    if figures:
+        lines += ["", "## Figures", ""]
+        lines += [f"![{Path(f).stem}]({Path(f).name})" for f in figures]
+    return "\n".join(lines) + "\n"
+
+
+def _number(value) -> str:
+    return "" if value is None else repr(float(value))
+
+
+def write_csvs(rows: list[Row], output_folder: Path) -> tuple[Path, Path]:
+    """Writes summary.csv (one line per row) and runs.csv (one per run); fractions, full
+    precision, empty cells for missing values. Returns both paths."""
+    summary, per_run = output_folder / "summary.csv", output_folder / "runs.csv"
+    with open(summary, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["recipe", "protocol", "alpha", "n_runs", "folds_found", "folds_expected", "complete"]
+            + ["seeds", "encoder"]
+            + [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "n")]
+            + ["pooled_wa", "pooled_ua", "num_utterances", "labels"]
+        )
+        for row in rows:
+            writer.writerow(
+                [
+                    row.recipe,
+                    row.protocol,
+                    row.alpha,
+                    row.n,
+                    " ".join(map(str, row.folds)),
+                    row.expected,
+                ]
+                + [row.complete, " ".join(map(str, row.seeds)), row.encoder]
+                + [
+                    x
+                    for m in METRICS
+                    for x in (_number(row.stats[m][0]), _number(row.stats[m][1]), row.stats[m][2])
+                ]
+                + [repr(row.pooled_wa), repr(row.pooled_ua), int(row.confusion.sum())]
+                + [" ".join(row.labels)]
+            )
+    with open(per_run, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["recipe", "protocol", "alpha", "fold", "seed", *METRICS]
+            + ["num_utterances", "best_epoch", "valid_ua", "encoder", "path"]
+        )
+        for row in rows:
+            for run in row.runs:
+                writer.writerow(
+                    [run[k] for k in ("recipe", "protocol", "alpha", "fold", "seed")]
+                    + [_number(run.get(m)) for m in METRICS]
+                    + [run.get(k) for k in ("num_utterances", "best_epoch", "valid_ua")]
+                    + [run.get("encoder"), run["path"]]
+                )
+    return summary, per_run
+
+
+# ---------------------------------------------------------------------------------- figures
+def plot_alpha_ablation(rows: list[Row], path: str | Path) -> Path:
+    """Writes UA / WA (top) and WER (bottom, when any row has one) against alpha.
+
+    One colour per (recipe, protocol); UA solid with filled circles, WA dashed with open
+    squares. Positive alphas lie on a log axis; alpha = 0 cannot, so it gets its own narrow
+    axis on the left, labelled "0", set off by break marks, and a dotted line carries its mean
+    across the log axis as the baseline to beat. Points of one alpha are nudged sideways so
+    that error bars do not hide each other. Error bars: sample std over the row's runs.
+
+    Returns: the path.
+    """
+    import matplotlib.pyplot as plt
+
+    from mtl_ser import plots  # noqa: F401  (selects the file-only matplotlib backend)
+
+    series = sorted({(r.recipe, r.protocol) for r in rows})
+    has_zero = any(r.alpha == 0 for r in rows)
+    positives = sorted({r.alpha for r in rows if r.alpha > 0})
+    has_wer = any(r.stats["wer"][0] is not None for r in rows)
+    panels = [("accuracy (%)", ("ua", "wa"))] + ([("WER", ("wer",))] if has_wer else [])
+    columns = [c for c, present in (("zero", has_zero), ("log", bool(positives))) if present]
+    fig, axes = plt.subplots(
+        len(panels),
+        len(columns),
+        figsize=(3.0 + 1.0 * has_zero + 5.0 * bool(positives), 0.8 + 3.2 * len(panels)),
+        gridspec_kw={"width_ratios": [1 if c == "zero" else 6 for c in columns]},
+        sharey="row",
+        squeeze=False,
+        layout="constrained",  # keeps the legends outside the axes within the figure
+    )
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = {"ua": ("o", "-", None), "wa": ("s", "--", "white"), "wer": ("^", "-", None)}
+
+    def offset(series_index: int, metric: str) -> float:
+        # Sideways nudge in units of the alpha = 0 axis (whose width is 1).
+        spread = 0.12 * (series_index - (len(series) - 1) / 2)
+        return spread + {"ua": -0.035, "wa": 0.035, "wer": 0.0}[metric]
+
+    for p, (ylabel, metrics) in enumerate(panels):
+        for index, (recipe, protocol) in enumerate(series):
+            colour = colours[index % len(colours)]
+            mine = [r for r in rows if (r.recipe, r.protocol) == (recipe, protocol)]
+            for metric in metrics:
+                scale = 100 if metric in PERCENT else 1
+                marker, line, face = styles[metric]
+                shift = offset(index, metric)
+                for c, column in enumerate(columns):
+                    points = [
+                        (r.alpha, r.stats[metric], r)
+                        for r in mine
+                        if (r.alpha == 0) == (column == "zero") and r.stats[metric][0] is not None
+                    ]
+                    if not points:
+                        continue
+                    if column == "zero":
+                        xs = [1.0 + shift]
+                    else:  # the same nudge as a fraction of a decade
+                        xs = [alpha * 10 ** (0.5 * shift) for alpha, _, _ in points]
+                    ys = [stat[0] * scale for _, stat, _ in points]
+                    axes[p][c].errorbar(
+                        xs,
+                        ys,
+                        yerr=[(stat[1] or 0.0) * scale for _, stat, _ in points],
+                        marker=marker,
+                        markerfacecolor=face or colour,
+                        linestyle=line if column == "log" else "none",
+                        color=colour,
+                        capsize=3,
+                        markersize=5,
+                        label=f"{recipe} {protocol} {METRIC_NAMES[metric].split()[0]}",
+                    )
+                    for x, y, (_, _, row) in zip(xs, ys, points, strict=True):
+                        if metric != "wa" and not row.complete:  # flagged on the figure too
+                            axes[p][c].annotate(
+                                f"{len(row.folds)}/{row.expected or '?'}",
+                                (x, y),
+                                xytext=(-6, -4),
+                                ha="right",
+                                textcoords="offset points",
+                                fontsize=7,
+                                color=colour,
+                            )
+                    if column == "zero" and positives:
+                        axes[p][-1].axhline(ys[0], color=colour, linestyle=":", linewidth=1)
+        for c, column in enumerate(columns):
+            ax = axes[p][c]
+            ax.grid(True, alpha=0.3)
+            if column == "zero":
+                ax.set_xlim(0.5, 1.5)
+                ax.set_xticks([1.0], ["0"])
+            else:
+                ax.set_xscale("log")
+                ax.set_xlim(positives[0] / 2.5, positives[-1] * 2.5)
+                ax.set_xticks(positives, [_alpha_text(a) for a in positives])
+                ax.minorticks_off()
+            if c > 0:
+                ax.tick_params(axis="y", left=False)
+            if p == len(panels) - 1:
+                ax.set_xlabel("alpha (CTC weight)" if column == "log" else "alpha")
+        if len(columns) == 2:
+            _break_marks(axes[p][0], axes[p][1])
+        axes[p][0].set_ylabel(ylabel)
+        if ylabel == "WER" and has_zero:
+            axes[p][0].text(
+                1.0,
+                0.5,
+                "no CTC",
+                transform=axes[p][0].get_xaxis_transform(),
+                ha="center",
+                va="center",
+                rotation=90,
+                color="grey",
+                fontsize=8,
+            )
+        handles = {}
+        for ax in axes[p]:  # a series with alpha = 0 only is drawn on the left axis alone
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                handles.setdefault(label, handle)
+        axes[p][-1].legend(
+            handles.values(), handles.keys(), fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1)
+        )
+    fig.suptitle(
+        "alpha ablation: mean ± sample std over the runs (folds x seeds) of each point; "
+        "dotted: alpha = 0; k/n: only k of n folds found",
+        fontsize=9,
+    )
+    fig.get_layout_engine().set(wspace=0.0, w_pad=0.02)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def _break_marks(left, right) -> None:
+    """Diagonal marks on the facing spines of a broken x axis."""
+    left.spines["right"].set_visible(False)
+    right.spines["left"].set_visible(False)
+    size = 0.012
+    for ax, x, scale in ((left, 1.0, 6.0), (right, 0.0, 1.0)):  # the left axis is 6x narrower
+        kwargs = dict(transform=ax.transAxes, color="k", clip_on=False, linewidth=1)
+        for y in (0.0, 1.0):
+            ax.plot((x - size * scale, x + size * scale), (y - size * 2, y + size * 2), **kwargs)
+
+
+# ------------------------------------------------------------------------------------ main
+def write_report(
+    folders: list[str | Path], output_folder: str | Path | None = None, echo=None
+) -> dict:
+    """Reads the runs below ``folders`` and writes the report files.
+
+    Args:
+        folders: searched recursively for results.json.
+        output_folder: where the files go (default: the first folder).
+        echo: if given, called with a short text summary.
+
+    Returns: {"rows": [Row], "files": [Path]}. Raises ValueError / FileNotFoundError as
+    `find_results` and `aggregate` do.
+    """
+    from mtl_ser.plots import plot_confusion
+
+    rows = aggregate(find_results(folders))
+    output_folder = Path(output_folder or folders[0])
+    output_folder.mkdir(parents=True, exist_ok=True)
+    figures = [plot_alpha_ablation(rows, output_folder / "alpha_ablation.png")]
+    for row in rows:
+        title = (
+            f"{row.recipe} {row.protocol} alpha={_alpha_text(row.alpha)}: {row.n} run(s) summed"
+            f"{'' if row.complete else ', folds ' + row.folds_text()}\n"
+            f"pooled WA {row.pooled_wa:.1%}  pooled UA {row.pooled_ua:.1%}"
+        )
+        figures.append(
+            plot_confusion(row.confusion, row.labels, output_folder / confusion_file(row), title)
+        )
+    markdown = output_folder / "summary.md"
+    markdown.write_text(summary_markdown(rows, list(folders), output_folder, figures))
+    files = [markdown, *write_csvs(rows, output_folder), *figures]
+    if echo is not None:
+        for row in rows:
+            stat = row.stats
+            echo(
+                f"{row.recipe:4s} {row.protocol:12s} alpha {_alpha_text(row.alpha):6s} "
+                f"n={row.n:<3d} folds {row.folds_text()}: WA {_mean_std_cell(stat['wa'], 'wa')}"
+                f"  UA {_mean_std_cell(stat['ua'], 'ua')}  WER {_mean_std_cell(stat['wer'], 'wer')}"
+                f"  pooled WA {_cell(row.pooled_wa, 'wa')}"
+            )
+        echo(f"report in {output_folder}: {', '.join(f.name for f in files)}")
+    return {"rows": rows, "files": files}

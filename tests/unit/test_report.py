@@ -1,0 +1,195 @@
+"""`mtl-ser report` on hand-written results.json files with known answers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from mtl_ser.cli import main
+from mtl_ser.report import aggregate, find_results, mean_std, write_report
+
+LABELS = ["neu", "hap", "ang", "sad"]
+# mtl loso alpha 0.1, folds 1..5: WA as written by each run, and (correct, total) of its
+# confusion matrix, which the pooled WA uses.
+WA = [0.5, 0.6, 0.7, 0.8, 0.9]
+UA = [0.4, 0.4, 0.4, 0.4, 0.4]
+WER = [0.2, 0.3, 0.2, 0.3, 0.5]
+COUNTS = [(2, 4), (6, 10), (7, 10), (8, 10), (18, 20)]
+
+
+def confusion(correct: int, total: int) -> list[list[int]]:
+    """Every correct utterance is a neu -> neu, every error a hap -> neu."""
+    matrix = [[0] * 4 for _ in range(4)]
+    matrix[0][0], matrix[1][0] = correct, total - correct
+    return matrix
+
+
+def write_run(root: Path, recipe="mtl", protocol="loso", alpha=0.1, fold=1, seed=1986, **fields):
+    correct, total = fields.pop("counts", (1, 2))
+    results = {
+        "schema": 1,
+        "recipe": recipe,
+        "protocol": protocol,
+        "alpha": alpha,
+        "fold": fold,
+        "seed": seed,
+        "encoder": "facebook/wav2vec2-base",
+        "labels": LABELS,
+        "wa": correct / total,
+        "ua": 0.5,
+        "macro_f1": 0.3,
+        "wer": 0.25 if alpha > 0 else None,
+        "cer": 0.1 if alpha > 0 else None,
+        "wer_improvised": 0.3 if alpha > 0 else None,
+        "confusion_matrix": confusion(correct, total),
+        "num_utterances": total,
+        "best_epoch": 3,
+        **fields,
+    }
+    folder = root / recipe / protocol / f"alpha{alpha}" / f"fold{fold}" / f"seed{seed}"
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(results))
+    return folder
+
+
+@pytest.fixture
+def runs_folder(tmp_path):
+    root = tmp_path / "runs"
+    for fold, (wa, ua, wer, counts) in enumerate(zip(WA, UA, WER, COUNTS, strict=True), 1):
+        write_run(root, fold=fold, wa=wa, ua=ua, wer=wer, counts=counts)
+    for fold in (1, 2, 3):  # alpha 0: folds 4 and 5 missing
+        write_run(root, alpha=0.0, fold=fold, counts=(fold, 4))
+    write_run(root, protocol="cai2021", alpha=0.01, fold=3, counts=(3, 5))
+    return root
+
+
+def test_mean_and_sample_std():
+    mean, std, n = mean_std([0.5, 0.6, 0.7, 0.8, 0.9])
+    assert (mean, n) == (pytest.approx(0.7), 5)
+    assert std == pytest.approx(math.sqrt(0.1 / 4))  # ddof = 1, not sqrt(0.1 / 5)
+    assert mean_std([0.3]) == (0.3, None, 1)
+    assert mean_std([]) == (None, None, 0)
+
+
+def test_rows_means_stds_pooled_and_completeness(runs_folder):
+    rows = aggregate(find_results([runs_folder]))
+    assert [(r.recipe, r.protocol, r.alpha, r.n) for r in rows] == [
+        ("mtl", "cai2021", 0.01, 1),
+        ("mtl", "loso", 0.0, 3),
+        ("mtl", "loso", 0.1, 5),
+    ]
+    cai, zero, main_row = rows
+    wa_mean, wa_std, wa_n = main_row.stats["wa"]
+    assert (wa_mean, wa_std, wa_n) == (pytest.approx(0.7), pytest.approx(0.158113883), 5)
+    assert main_row.stats["ua"] == (pytest.approx(0.4), pytest.approx(0.0), 5)
+    assert main_row.stats["wer"][:2] == (pytest.approx(0.3), pytest.approx(math.sqrt(0.015)))
+    # Pooled WA weights folds by their utterances: 41 correct of 54, not the mean 0.7.
+    assert main_row.pooled_wa == pytest.approx(41 / 54)
+    assert main_row.pooled_ua == pytest.approx(0.5)  # neu recall 1, hap recall 0
+    assert main_row.confusion[0][0] == 41 and main_row.confusion[1][0] == 13
+    assert main_row.complete and main_row.folds_text() == "5/5"
+
+    assert not zero.complete and zero.folds_text() == "3/5 (missing 4, 5)"
+    assert zero.stats["wer"] == (None, None, 0)
+    assert zero.pooled_wa == pytest.approx(6 / 12)
+    assert zero.stats["wa"][1] == pytest.approx(0.25)  # WA 1/4, 2/4, 3/4
+    assert (
+        cai.stats["wa"] == (0.6, None, 1)
+        and cai.folds_text() == "1/10 (missing 1, 2, 4, 5, 6, 7, 8, 9, 10)"
+    )
+
+
+def test_missing_folds_are_counted_per_seed(tmp_path):
+    for fold in range(1, 6):
+        write_run(tmp_path, fold=fold, seed=1)
+    write_run(tmp_path, fold=2, seed=2)
+    [row] = aggregate(find_results([tmp_path]))
+    assert row.n == 6 and row.folds == [1, 2, 3, 4, 5] and not row.complete
+    assert row.missing == {1: [], 2: [1, 3, 4, 5]}
+    assert row.folds_text() == "5/5 (seed 2 misses 1, 3, 4, 5)"
+
+
+def test_report_files(runs_folder, tmp_path):
+    out = tmp_path / "report"
+    printed = []
+    report = write_report([runs_folder], out, echo=printed.append)
+    names = {f.name for f in report["files"]}
+    assert names == {
+        "summary.md",
+        "summary.csv",
+        "runs.csv",
+        "alpha_ablation.png",
+        "confusion_mtl_loso_alpha0.png",
+        "confusion_mtl_loso_alpha0.1.png",
+        "confusion_mtl_cai2021_alpha0.01.png",
+    }
+    for name in names:
+        if name.endswith(".png"):
+            assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    with open(out / "summary.csv") as f:
+        rows = {(r["protocol"], r["alpha"]): r for r in csv.DictReader(f)}
+    main_row = rows[("loso", "0.1")]
+    assert float(main_row["wa_mean"]) == pytest.approx(0.7)
+    assert float(main_row["wa_std"]) == pytest.approx(0.158113883)
+    assert float(main_row["pooled_wa"]) == pytest.approx(41 / 54)
+    assert (main_row["n_runs"], main_row["folds_found"], main_row["complete"]) == (
+        "5",
+        "1 2 3 4 5",
+        "True",
+    )
+    zero = rows[("loso", "0.0")]
+    assert (zero["complete"], zero["folds_found"], zero["wer_mean"], zero["wer_n"]) == (
+        "False",
+        "1 2 3",
+        "",
+        "0",
+    )
+    assert rows[("cai2021", "0.01")]["wa_std"] == ""
+    with open(out / "runs.csv") as f:
+        assert len(list(csv.DictReader(f))) == 9
+
+    markdown = (out / "summary.md").read_text()
+    assert "sample standard deviation (ddof = 1)" in markdown
+    assert (
+        "| mtl | loso | 0.1 | 5 | 5/5 | 70.00 ± 15.81 | 40.00 ± 0.00 | 30.00 ± 0.00 "
+        "| 0.300 ± 0.122 | 0.100 ± 0.000 | 0.300 ± 0.000 | 75.93 | 50.00 | 54 |" in markdown
+    )
+    assert "| mtl | loso | 0 | 3 | 3/5 (missing 4, 5) **incomplete** |" in markdown
+    assert "cai2021 (speaker-overlapping)" in markdown
+    assert "mtl loso alpha=0: incomplete set of folds: 3/5 (missing 4, 5)." in markdown
+    assert "`../runs/mtl/loso/alpha0.1/fold5/seed1986`" in markdown
+    assert any("pooled WA 75.93" in line and "alpha 0.1" in line for line in printed)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"labels": ["neu", "hap", "ang", "sad", "exc"]}, "runs differ in labels"),
+        ({"encoder": "random:tiny"}, "runs differ in encoder"),
+    ],
+)
+def test_mixed_runs_are_not_averaged(tmp_path, change, message):
+    write_run(tmp_path / "a", fold=1)
+    write_run(tmp_path / "b", fold=2, **change)
+    with pytest.raises(ValueError, match=message):
+        aggregate(find_results([tmp_path / "a", tmp_path / "b"]))
+
+
+def test_the_same_fold_twice_is_refused(tmp_path):
+    write_run(tmp_path / "a", fold=1)
+    write_run(tmp_path / "b", fold=1)
+    with pytest.raises(ValueError, match="fold 1 seed 1986 twice"):
+        aggregate(find_results([tmp_path]))
+
+
+def test_cli(runs_folder, tmp_path, capsys):
+    assert main(["report", str(runs_folder)]) == 0
+    assert (runs_folder / "summary.md").is_file()
+    write_run(tmp_path / "other", fold=9, labels=["a", "b", "c", "d"])
+    assert main(["report", str(runs_folder), str(tmp_path / "other")]) == 2
+    assert "runs differ in labels" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nothing")]) == 2
