@@ -82,7 +82,6 @@ class EmotionBrain(sb.Brain):
                 self.checkpointer.recoverables.pop("ctc_head", None)
         self.steps_per_epoch = None
         self.test_done = False
-        self.epochs_log = []
         if if_main_process():  # how to rebuild the model offline (mtl-ser export / predict)
             write_model_spec(self.hparams.output_folder, self.modules, self.labels, vocab)
 
@@ -243,7 +242,6 @@ class EmotionBrain(sb.Brain):
         entry = {"epoch": epoch, "optimizer_steps": self.steps_per_epoch, **lrs}
         entry.update({f"train_{k}": v for k, v in self.train_stats.items()})
         entry.update({f"valid_{k.lower()}": v for k, v in valid_stats.items()})
-        self.epochs_log.append(entry)
         if if_main_process():
             with open(f"{self.hparams.output_folder}/{EPOCH_LOG}", "a") as f:
                 f.write(json.dumps(entry) + "\n")

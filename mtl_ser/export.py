@@ -101,15 +101,25 @@ class LoadedModel:
     vocab: CharVocabulary
     sample_rate: int
     info: dict  # provenance: run identity, metrics, checkpoint epoch
+    spec: dict | None = None  # the model_spec.json it was built from
 
 
-def _build_all(spec: dict, state_dicts: dict[str, dict]) -> dict[str, torch.nn.Module]:
+def _from_spec(spec: dict, state_dicts: dict[str, dict], info: dict) -> LoadedModel:
+    """Builds every module of ``spec``, loads its weights and wraps them with the spec's
+    labels, vocabulary and audio settings."""
     modules = {}
     for name, module_spec_ in spec["modules"].items():
         module = build_module(module_spec_)
         module.load_state_dict(state_dicts[name], strict=True)  # raises on any mismatch
         modules[name] = module.eval()
-    return modules
+    return LoadedModel(
+        modules=modules,
+        labels=tuple(spec["labels"]),
+        vocab=CharVocabulary(tuple(spec["vocab"])),
+        sample_rate=spec["sample_rate"],
+        info=info,
+        spec=spec,
+    )
 
 
 def load_run(run_folder: str | Path) -> LoadedModel:
@@ -142,13 +152,7 @@ def load_run(run_folder: str | Path) -> LoadedModel:
         "valid_ua": checkpoint.meta.get("UA"),
         "results": results,
     }
-    return LoadedModel(
-        modules=_build_all(spec, state_dicts),
-        labels=tuple(spec["labels"]),
-        vocab=CharVocabulary(tuple(spec["vocab"])),
-        sample_rate=spec["sample_rate"],
-        info=info,
-    )
+    return _from_spec(spec, state_dicts, info)
 
 
 def load_exported(folder: str | Path) -> LoadedModel:
@@ -157,13 +161,7 @@ def load_exported(folder: str | Path) -> LoadedModel:
     meta = json.loads((folder / EXPORT_FILE).read_text())
     spec = meta["spec"]
     state_dicts = {name: load_file(str(folder / f"{name}.safetensors")) for name in spec["modules"]}
-    return LoadedModel(
-        modules=_build_all(spec, state_dicts),
-        labels=tuple(spec["labels"]),
-        vocab=CharVocabulary(tuple(spec["vocab"])),
-        sample_rate=spec["sample_rate"],
-        info=meta["info"],
-    )
+    return _from_spec(spec, state_dicts, meta["info"])
 
 
 def export_run(run_folder: str | Path, out_dir: str | Path) -> Path:
@@ -175,9 +173,9 @@ def export_run(run_folder: str | Path, out_dir: str | Path) -> Path:
     if not (run / "results.json").is_file():
         raise FileNotFoundError(f"{run / 'results.json'} not found: export a finished run")
     model = load_run(run)
+    spec = model.spec
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    spec = json.loads((run / SPEC_FILE).read_text())
     for name, module in model.modules.items():
         tensors = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
         save_file(tensors, str(out / f"{name}.safetensors"))
