@@ -36,11 +36,21 @@ def to_mono_rate(waveform: torch.Tensor, rate: int, target_rate: int = SAMPLE_RA
     return waveform
 
 
+def require_finite(waveform: torch.Tensor, name) -> torch.Tensor:
+    """Returns ``waveform`` unchanged; raises ValueError naming ``name`` (a file or "the
+    waveform") when it holds NaN or infinite samples, which would otherwise turn every
+    output of the model into NaN (scored as the first class)."""
+    if not bool(torch.isfinite(waveform).all()):
+        bad = int((~torch.isfinite(waveform)).sum())
+        raise ValueError(f"{name}: {bad} sample(s) are NaN or infinite")
+    return waveform
+
+
 def load_audio(path: str | Path, target_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """Reads an audio file as mono float32 at ``target_rate``.
 
-    Returns: ``[time]`` tensor. Raises ValueError naming the file when it is unreadable or
-    holds no samples.
+    Returns: ``[time]`` tensor. Raises ValueError naming the file when it is unreadable,
+    holds no samples, or holds NaN / infinite samples.
     """
     try:
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
@@ -48,4 +58,4 @@ def load_audio(path: str | Path, target_rate: int = SAMPLE_RATE) -> torch.Tensor
         raise ValueError(f"{path}: cannot read audio ({err})") from None
     if data.shape[0] == 0:
         raise ValueError(f"{path}: the file holds no samples")
-    return to_mono_rate(torch.from_numpy(data), rate, target_rate)
+    return to_mono_rate(require_finite(torch.from_numpy(data), path), rate, target_rate)

@@ -199,16 +199,21 @@ def masked_group_norm(x: torch.Tensor, lengths: torch.Tensor, norm: nn.GroupNorm
         lengths: ``[B]`` true frame counts.
         norm: the GroupNorm whose groups, eps and affine parameters are used.
 
-    Returns: ``[B, C, T]``; equal to ``norm`` applied to each utterance alone on its frames.
+    Returns: ``[B, C, T]`` in ``x``'s dtype; equal to ``norm`` applied to each utterance alone
+    on its frames. The statistics are computed in float32 whatever the activation dtype: in
+    fp16 the sum of squares over a long utterance overflows (NaN at 30 s on the base
+    architecture) and bf16 loses the mean's precision.
     """
     batch, channels, time = x.shape
     groups = norm.num_groups
+    dtype = x.dtype
+    x = x.float()
     mask = lengths_to_mask(lengths, time)[:, None, None, :].to(x.dtype)  # [B, 1, 1, T]
     grouped = x.reshape(batch, groups, channels // groups, time)
     count = mask.sum(dim=-1, keepdim=True).clamp(min=1) * (channels // groups)
     mean = (grouped * mask).sum(dim=(2, 3), keepdim=True) / count
     var = (((grouped - mean) * mask) ** 2).sum(dim=(2, 3), keepdim=True) / count
-    out = ((grouped - mean) / torch.sqrt(var + norm.eps)).reshape(batch, channels, time)
+    out = ((grouped - mean) * torch.rsqrt(var + norm.eps)).reshape(batch, channels, time)
     if norm.affine:
-        out = out * norm.weight[None, :, None] + norm.bias[None, :, None]
-    return out
+        out = out * norm.weight.float()[None, :, None] + norm.bias.float()[None, :, None]
+    return out.to(dtype)
