@@ -1,4 +1,5 @@
-"""The shared Brain of every recipe: forward, objectives, metrics and checkpoint choice.
+"""The shared Brain of every recipe: forward, objectives, optimisation, metrics and checkpoint
+choice.
 
 One class serves the multi-task recipe, the SER-only baseline (``alpha: 0`` and no CTC
 head) and the CNN baseline (another ``encoder`` module); configuration decides which.
@@ -7,9 +8,19 @@ Modules (``hparams["modules"]``): ``encoder`` (waveforms, or the features the da
 computes when ``features`` is configured -> ``[B, T, D]`` + frame counts), ``emotion_head``
 and, when ``alpha > 0``, ``ctc_head``.
 
-Checkpoints are chosen on *validation* UA only. The test set is evaluated once, after
-training, from the best validation checkpoint; saving a checkpoint after the test pass is
-an error.
+Checkpoints are chosen on *validation* UA only (or, with ``checkpoint_selection: last``, the
+last epoch). The test set is evaluated once, after training, from the chosen checkpoint;
+saving a checkpoint after the test pass is an error.
+
+Optimisation differs from ``sb.Brain`` where SpeechBrain 1.1 changes the science:
+- gradient accumulation applies every batch: the last, shorter window of an epoch is
+  stepped too (its loss divided by its own size), so the schedule plans exactly the steps
+  taken (SpeechBrain drops the leftover batches);
+- gradient clipping by the global norm over all parameters (``grad_clip: global``, as the
+  Hugging Face Trainer of the released Cai et al. code) or per optimiser over all its
+  parameter groups (``per_optimizer``; SpeechBrain clips only the first group);
+- a batch whose loss is not finite is skipped (no backward) with a warning and counted in
+  the epoch log; ``nonfinite_patience`` consecutive ones stop training with an error.
 """
 
 from __future__ import annotations
@@ -21,20 +32,27 @@ from dataclasses import dataclass
 
 import speechbrain as sb
 import torch
+import torch.nn.functional as F
 from speechbrain.dataio.dataloader import LoopedLoader
 from speechbrain.decoders.ctc import ctc_greedy_decode
 from speechbrain.nnet.schedulers import LinearWarmupScheduler
 from speechbrain.utils.distributed import if_main_process
 from torch.utils.data import DataLoader
 
+from mtl_ser.checkpoints import RandomStates, has_valid_metrics, selection_key
 from mtl_ser.data.text import CharVocabulary
 from mtl_ser.export import write_model_spec
-from mtl_ser.models.objective import MultiTaskObjective
+from mtl_ser.models.objective import Losses, MultiTaskObjective
 from mtl_ser.results import PredictionLog, write_run_outputs
 
 logger = logging.getLogger(__name__)
 
 EPOCH_LOG = "epoch_log.jsonl"
+GRAD_CLIPS = ("global", "per_optimizer")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged: too many consecutive batches with a NaN / infinite loss."""
 
 
 @dataclass
@@ -54,12 +72,16 @@ class EmotionBrain(sb.Brain):
         vocab: the CTC character vocabulary.
         identity: facts about the run written into results.json (recipe, alpha, ...).
 
-    Reads from hparams: ``alpha``, ``features`` (null: the encoder reads the batch's
-    waveforms ``sig``; else its features ``feats``), ``batch_augment`` (augmentation of
-    training batches of the encoder input, or null), ``lr_encoder``, ``lr_heads``,
-    ``encoder_opt_class``, ``heads_opt_class``, ``warmup_fraction``, ``lr_decay``,
-    ``number_of_epochs``,
-    ``epoch_counter``, ``train_logger``, ``output_folder``.
+    Reads from hparams: ``alpha``, ``ctc_reduction``, ``ctc_sum_utterances``,
+    ``ctc_zero_infinity``, ``head_dropout`` (dropout on the encoder output, shared by both
+    heads), ``features`` (null: the encoder reads the batch's waveforms ``sig``; else its
+    features ``feats``), ``batch_augment`` (augmentation of training batches of the encoder
+    input, or null), ``lr_encoder``, ``lr_heads``, ``encoder_opt_class``,
+    ``heads_opt_class``, ``warmup_fraction``, ``lr_decay``, ``number_of_epochs``,
+    ``grad_clip``, ``checkpoint_selection``, ``epoch_counter`` (an
+    `mtl_ser.stopping.EarlyStoppingCounter`), ``train_logger``, ``output_folder``; and
+    SpeechBrain's run options ``max_grad_norm``, ``grad_accumulation_factor``,
+    ``nonfinite_patience``.
     """
 
     def __init__(self, *args, labels, vocab: CharVocabulary, identity: dict, **kwargs):
@@ -67,7 +89,17 @@ class EmotionBrain(sb.Brain):
         self.labels = tuple(labels)
         self.vocab = vocab
         self.identity = identity
-        self.objective = MultiTaskObjective(self.hparams.alpha, blank_index=vocab.blank_index)
+        self.objective = MultiTaskObjective(
+            self.hparams.alpha,
+            blank_index=vocab.blank_index,
+            ctc_reduction=self.hparams.ctc_reduction,
+            ctc_sum_utterances=self.hparams.ctc_sum_utterances,
+            ctc_zero_infinity=self.hparams.ctc_zero_infinity,
+        )
+        if self.hparams.grad_clip not in GRAD_CLIPS:
+            raise ValueError(
+                f"grad_clip must be one of {list(GRAD_CLIPS)}, not {self.hparams.grad_clip!r}"
+            )
         if self.objective.ctc_enabled and "ctc_head" not in self.modules:
             raise ValueError(f"alpha = {self.hparams.alpha} needs a ctc_head in modules")
         if self.objective.ctc_enabled and self.modules.ctc_head.n_tokens != len(vocab):
@@ -80,25 +112,36 @@ class EmotionBrain(sb.Brain):
             del self.modules["ctc_head"]
             if self.checkpointer is not None:
                 self.checkpointer.recoverables.pop("ctc_head", None)
+        if self.checkpointer is not None:
+            # Resume continues with the random numbers the uninterrupted run would draw.
+            self.checkpointer.add_recoverable("random_states", RandomStates())
+        self.batches_per_epoch = None
         self.steps_per_epoch = None
         self.test_done = False
+        self.tested_checkpoint = None
+        self._window_has_gradients = False
+        self._consecutive_nonfinite = 0
         if if_main_process():  # how to rebuild the model offline (mtl-ser export / predict)
             write_model_spec(self.hparams.output_folder, self.modules, self.labels, vocab)
 
     # ----------------------------------------------------------------- forward / objectives
     def compute_forward(self, batch, stage) -> Outputs:
-        """Encoder -> heads. Training batches are augmented first (if configured)."""
+        """Encoder -> (shared dropout) -> heads. Training batches are augmented first (if
+        configured)."""
         batch = batch.to(self.device)
         inputs, input_lens = batch.sig if self.hparams.features is None else batch.feats
         if stage == sb.Stage.TRAIN and self.hparams.batch_augment is not None:
             inputs, input_lens = self.hparams.batch_augment(inputs, input_lens)
         feats, frame_lens = self.modules.encoder(inputs, input_lens)
+        # One dropout mask shared by both heads, as the released code's `final_dropout`.
+        feats = F.dropout(feats, self.hparams.head_dropout, training=stage == sb.Stage.TRAIN)
         emo_logits = self.modules.emotion_head(feats, frame_lens)
         ctc_log_probs = self.modules.ctc_head(feats) if self.objective.ctc_enabled else None
         return Outputs(emo_logits, ctc_log_probs, frame_lens)
 
     def compute_objectives(self, outputs: Outputs, batch, stage) -> torch.Tensor:
-        """The weighted loss; records per-task losses and, outside training, predictions."""
+        """The weighted loss; keeps the batch's per-task losses and, outside training, its
+        predictions."""
         emo = batch.emo_encoded.data.squeeze(-1)
         tokens, token_rel = batch.tokens
         token_lens = torch.round(token_rel * tokens.shape[1]).long()
@@ -118,11 +161,7 @@ class EmotionBrain(sb.Brain):
             token_lens,
             ctc_mask,
         )
-        self.loss_sums["loss"] += losses.total.detach().item()
-        self.loss_sums["loss_emo"] += losses.emo.detach().item()
-        if losses.ctc is not None:
-            self.loss_sums["loss_ctc"] += losses.ctc.detach().item()
-        self.loss_batches += 1
+        self.batch_losses = losses
         if stage != sb.Stage.TRAIN:
             self.predictions.add_batch(
                 batch.id,
@@ -143,15 +182,119 @@ class EmotionBrain(sb.Brain):
         ids = ctc_greedy_decode(outputs.ctc_log_probs, rel, blank_id=self.vocab.blank_index)
         return [self.vocab.decode(seq) for seq in ids]
 
-    # ------------------------------------------------------------------------- optimisation
+    def _add_to_sums(self, losses: Losses) -> None:
+        """Adds a batch's losses to the stage sums, kept on the device (no host sync)."""
+        self.loss_sums["loss"] += losses.total.detach().float()
+        self.loss_sums["loss_emo"] += losses.emo.detach().float()
+        if losses.ctc is not None:
+            self.loss_sums["loss_ctc"] += losses.ctc.detach().float()
+        self.loss_batches += 1
+
+    # ---------------------------------------------------------------------------- training
     def fit(self, epoch_counter, train_set, valid_set=None, **kwargs):
-        """`sb.Brain.fit`, after counting the optimiser steps per epoch for the schedule."""
+        """`sb.Brain.fit`, after counting the batches and optimiser steps per epoch for the
+        accumulation windows and the schedule."""
         if not isinstance(train_set, DataLoader | LoopedLoader):
             train_set = self.make_dataloader(
                 train_set, stage=sb.Stage.TRAIN, **kwargs.pop("train_loader_kwargs", {})
             )
-        self.steps_per_epoch = math.ceil(len(train_set) / self.grad_accumulation_factor)
+        self.batches_per_epoch = len(train_set)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.grad_accumulation_factor)
         super().fit(epoch_counter, train_set, valid_set, **kwargs)
+
+    def accumulation_window(self, batch_index: int) -> tuple[int, int]:
+        """The accumulation window of the ``batch_index``-th batch of an epoch (1-based):
+        (its last batch index, its size). Windows hold ``grad_accumulation_factor`` batches,
+        the last one of the epoch what is left."""
+        k, n = self.grad_accumulation_factor, self.batches_per_epoch
+        start = (batch_index - 1) // k * k + 1
+        end = min(start + k - 1, n)
+        return end, end - start + 1
+
+    def fit_batch(self, batch):
+        """Forward, backward, and an optimiser step at the end of each accumulation window.
+
+        Returns: the detached loss (a 0-dim tensor).
+        """
+        window_end, window_size = self.accumulation_window(self.step)
+        should_step = self.step >= window_end
+        self.on_fit_batch_start(batch, should_step)
+        with self.no_sync(not should_step):
+            with self.training_ctx:
+                outputs = self.compute_forward(batch, sb.Stage.TRAIN)
+                loss = self.compute_objectives(outputs, batch, sb.Stage.TRAIN)
+            # One host synchronisation per batch, as GradScaler makes per step: whether to
+            # apply this batch must be known here (and agreed by every DDP process).
+            if self._all_finite(loss):
+                self._consecutive_nonfinite = 0
+                self._add_to_sums(self.batch_losses)
+                self.scaler.scale(loss / window_size).backward()
+                self._window_has_gradients = True
+            else:
+                self._skip_nonfinite(batch)
+        if should_step:
+            if self._window_has_gradients:
+                self.optimizers_step()
+            else:  # every batch of the window was skipped: nothing to apply
+                self.zero_grad(set_to_none=True)
+            self._window_has_gradients = False
+        self.on_fit_batch_end(batch, outputs, loss, should_step)
+        return loss.detach()
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite in every process (all-reduced under DDP)."""
+        finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        return bool(finite.item())
+
+    def _skip_nonfinite(self, batch) -> None:
+        """Skips a batch with a non-finite loss; raises NonFiniteLossError after
+        ``nonfinite_patience`` consecutive ones."""
+        self.nonfinite_batches += 1
+        self._consecutive_nonfinite += 1
+        losses = self.batch_losses
+        parts = f"emotion {float(losses.emo):.4g}"
+        if losses.ctc is not None:
+            parts += f", CTC {float(losses.ctc):.4g}"
+        ids = ", ".join(list(batch.id)[:4])
+        if self._consecutive_nonfinite >= self.nonfinite_patience:
+            raise NonFiniteLossError(
+                f"{self._consecutive_nonfinite} consecutive training batches had a non-finite "
+                f"loss (the last: {parts}; utterances {ids}, ...): training diverged. Lower "
+                f"lr_encoder / lr_heads (now {self.hparams.lr_encoder} / "
+                f"{self.hparams.lr_heads}), use --precision=fp32, or raise "
+                "--nonfinite_patience"
+            )
+        logger.warning(
+            "skipping a training batch with a non-finite loss (%s; utterances %s, ...): "
+            "%d in a row, training stops at %d",
+            parts,
+            ids,
+            self._consecutive_nonfinite,
+            self.nonfinite_patience,
+        )
+
+    def optimizers_step(self):
+        """Unscales, clips (globally or per optimiser, over every parameter group), steps
+        every optimiser and clears the gradients."""
+        optimizers = self.freeze_optimizers(self.optimizers_dict)
+        for optimizer in optimizers.values():
+            self.scaler.unscale_(optimizer)
+        groups = [
+            [p for group in optimizer.param_groups for p in group["params"]]
+            for optimizer in optimizers.values()
+        ]
+        if self.hparams.grad_clip == "global":
+            groups = [[p for params in groups for p in params]]
+        for params in groups:
+            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        for optimizer in optimizers.values():
+            self.scaler.step(optimizer)
+        self.scaler.update()
+        for optimizer in optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        self.optimizer_step += 1
 
     def init_optimizers(self):
         """Two optimisers (encoder, heads) with their own learning rates, each with linear
@@ -195,17 +338,45 @@ class EmotionBrain(sb.Brain):
             for name, scheduler in self.schedulers.items():
                 scheduler(self.optimizers_dict[name])
 
+    # -------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate_batch(self, batch, stage):
+        with self.evaluation_ctx:
+            outputs = self.compute_forward(batch, stage=stage)
+            loss = self.compute_objectives(outputs, batch, stage=stage)
+        self._add_to_sums(self.batch_losses)
+        return loss.detach()
+
+    def update_average(self, loss, avg_loss):
+        """SpeechBrain's running average, skipped: the stage sums are kept on the device."""
+        return avg_loss
+
+    def on_evaluate_start(self, max_key=None, min_key=None):
+        """Loads the checkpoint chosen by ``checkpoint_selection`` (keys passed by callers
+        are ignored: the selection is this run's); refuses to test an untrained model."""
+        self.tested_checkpoint = self.checkpointer.recover_if_possible(
+            importance_key=selection_key(self.hparams.checkpoint_selection),
+            ckpt_predicate=has_valid_metrics,
+        )
+        if self.tested_checkpoint is None:
+            raise RuntimeError(
+                f"no checkpoint with validation metrics in {self.checkpointer.checkpoints_dir}: "
+                "the run has not completed an epoch, refusing to test an untrained model"
+            )
+
     # ------------------------------------------------------------------------------ stages
     def on_stage_start(self, stage, epoch=None):
-        self.loss_sums = {"loss": 0.0, "loss_emo": 0.0, "loss_ctc": 0.0}
+        zero = torch.zeros((), device=self.device)
+        self.loss_sums = {"loss": zero.clone(), "loss_emo": zero.clone(), "loss_ctc": zero.clone()}
         self.loss_batches = 0
+        self.nonfinite_batches = 0
         self.predictions = PredictionLog(self.labels)
         if stage == sb.Stage.TEST:
             self.test_done = True
 
     def _stage_losses(self) -> dict:
         n = max(self.loss_batches, 1)
-        stats = {k: v / n for k, v in self.loss_sums.items()}
+        stats = {k: float(v) / n for k, v in self.loss_sums.items()}  # the stage's one sync
         if not self.objective.ctc_enabled:
             stats["loss_ctc"] = None
         return stats
@@ -213,7 +384,7 @@ class EmotionBrain(sb.Brain):
     def on_stage_end(self, stage, stage_loss, epoch=None):
         losses = self._stage_losses()
         if stage == sb.Stage.TRAIN:
-            self.train_stats = losses
+            self.train_stats = {**losses, "nonfinite_batches": self.nonfinite_batches}
             return
         metrics = self.predictions.metrics()
         stats = {
@@ -230,9 +401,12 @@ class EmotionBrain(sb.Brain):
             self._end_of_test(stats, metrics)
 
     def _end_of_epoch(self, epoch: int, valid_stats: dict) -> None:
-        """Logs the epoch, keeps the best checkpoint by validation UA, updates early stopping."""
+        """Logs the epoch, updates early stopping, then saves the checkpoint (so a resumed
+        run knows its best epoch and patience) and keeps the latest and the chosen one."""
         if self.test_done:
             raise RuntimeError("a checkpoint was about to be chosen after the test pass")
+        counter = self.hparams.epoch_counter
+        counter.update_metric(valid_stats["UA"])
         lrs = {f"lr_{n}": opt.param_groups[0]["lr"] for n, opt in self.optimizers_dict.items()}
         self.hparams.train_logger.log_stats(
             stats_meta={"epoch": epoch, **lrs},
@@ -242,29 +416,34 @@ class EmotionBrain(sb.Brain):
         entry = {"epoch": epoch, "optimizer_steps": self.steps_per_epoch, **lrs}
         entry.update({f"train_{k}": v for k, v in self.train_stats.items()})
         entry.update({f"valid_{k.lower()}": v for k, v in valid_stats.items()})
+        entry.update({"best_epoch": counter.best_epoch, "stopped_early": counter.should_stop})
         if if_main_process():
             with open(f"{self.hparams.output_folder}/{EPOCH_LOG}", "a") as f:
                 f.write(json.dumps(entry) + "\n")
         self.checkpointer.save_and_keep_only(
             meta={"UA": valid_stats["UA"], "WA": valid_stats["WA"], "epoch": epoch},
-            max_keys=["UA"],
+            importance_keys=[selection_key(self.hparams.checkpoint_selection)],
             num_to_keep=1,
         )
-        self.hparams.epoch_counter.update_metric(valid_stats["UA"])
 
     def _end_of_test(self, stats: dict, metrics: dict) -> None:
         """Logs the test metrics and writes the run's result files (main process only)."""
-        best = self.checkpointer.find_checkpoint(max_key="UA") if self.checkpointer else None
+        tested = self.tested_checkpoint
         self.hparams.train_logger.log_stats(
-            stats_meta={"test from epoch": best.meta["epoch"] if best else None},
+            stats_meta={"test from epoch": tested.meta["epoch"]},
             test_stats=_loggable(stats),
         )
         if not if_main_process():
             return
+        counter = self.hparams.epoch_counter
         identity = {
             **self.identity,
-            "best_epoch": best.meta["epoch"] if best else None,
-            "valid_ua": best.meta["UA"] if best else None,
+            **self.objective.describe(),
+            "checkpoint_selection": self.hparams.checkpoint_selection,
+            "best_epoch": tested.meta["epoch"],
+            "valid_ua": tested.meta["UA"],
+            "epochs_trained": counter.current,
+            "stopped_early": counter.should_stop,
         }
         self.results = write_run_outputs(
             self.hparams.output_folder, identity, self.predictions, self._read_epoch_log()

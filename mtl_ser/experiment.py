@@ -15,16 +15,21 @@ from __future__ import annotations
 
 import io
 import json
+import sys
+from collections import Counter
 from pathlib import Path
 
 import speechbrain as sb
 import torch
 from ruamel.yaml import YAML
+from ruamel.yaml.constructor import DuplicateKeyError
 
 import mtl_ser
 from mtl_ser.data.labels import LabelSet
 from mtl_ser.data.prepare import prepare_iemocap
 from mtl_ser.data.text import CharVocabulary
+from mtl_ser.hparams_check import ConfigError
+from mtl_ser.runlock import RunLock, RunLockedError
 
 VOCAB_FILE = "vocab.json"
 
@@ -40,6 +45,9 @@ def parse_arguments(argv: list[str]):
     files = []
     while len(argv) > 1 and not argv[1].startswith("-") and argv[1].endswith((".yaml", ".yml")):
         files.append(argv.pop(1))
+    twice = [key for key, n in Counter(given_keys(argv)).items() if n > 1]
+    if twice:
+        raise ConfigError(f"--{twice[0]} is given more than once; give each option once")
     hparams_file, run_opts, cli_overrides = sb.parse_arguments(argv)
     base_file, layers = resolve_extends(hparams_file)
     layers += [_read_mapping(path) for path in files]
@@ -48,14 +56,24 @@ def parse_arguments(argv: list[str]):
     return base_file, run_opts, merge_layers(layers)
 
 
+def given_keys(argv: list[str]) -> list[str]:
+    """The option names of ``--key=value`` and ``--key value`` arguments, in order."""
+    return [arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--") and len(arg) > 2]
+
+
 _YAML = YAML()  # round-trip mode: keeps !ref, !new: ... tags of override files
 
 
 def _read_mapping(path: str | Path):
-    with open(path) as f:
-        data = _YAML.load(f) or {}
+    try:
+        with open(path) as f:
+            data = _YAML.load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such hparams file") from None
+    except DuplicateKeyError as err:
+        raise ConfigError(f"{path}: a key appears twice ({err.problem})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path} must be a mapping of hparams keys")
+        raise ConfigError(f"{path} must be a mapping of hparams keys")
     return data
 
 
@@ -143,6 +161,36 @@ def experiment_vocabulary(output_folder: str | Path) -> CharVocabulary:
     return vocab
 
 
+def lock_run_folder(output_folder: str | Path) -> RunLock | None:
+    """Takes the run folder's lock on the main process (held until the process ends), so a
+    second run into the same folder stops with `RunLockedError` instead of deleting the
+    first one's checkpoints. Returns the lock (None on other processes)."""
+    if not sb.utils.distributed.if_main_process():
+        return None
+    return RunLock(output_folder).acquire()
+
+
+def run_recipe_main(main, argv: list[str]) -> int:
+    """Runs a recipe's ``main(argv)``; a configuration problem or a busy run folder is one
+    line on stderr and exit status 2 (no traceback), a diverged training exit status 1.
+
+    Returns: the exit status.
+    """
+    from mtl_ser.brain import NonFiniteLossError
+    from mtl_ser.checkpoints import CheckpointLoadError, DamagedCheckpointError
+
+    program = Path(sys.argv[0]).name
+    try:
+        main(argv)
+    except (ConfigError, RunLockedError) as err:
+        print(f"{program}: error: {err}", file=sys.stderr)
+        return 2
+    except (NonFiniteLossError, DamagedCheckpointError, CheckpointLoadError) as err:
+        print(f"{program}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def end_distributed() -> None:
     """Under torchrun: waits for every process, then closes the process group (a process
     leaving with gloo's threads still open can abort, failing the whole launch)."""
@@ -166,6 +214,9 @@ def run_identity(hparams: dict, label_set: LabelSet) -> dict:
         "protocol": protocol,
         "fold": fold,
         "seed": hparams["seed"],
+        # Learning rates identify a setting too (Cai et al. used 1e-5 for alpha = 0).
+        "lr_encoder": hparams["lr_encoder"],
+        "lr_heads": hparams["lr_heads"],
         "encoder": hparams["encoder_name"],
         "corpus": prepared.get("corpus"),
         "labels": list(label_set.classes),

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from mtl_ser.checkpoints import CrashSafeCheckpointer
+from mtl_ser.checkpoints import CrashSafeCheckpointer, find_selected_checkpoint
 from mtl_ser.data.audio import SAMPLE_RATE
 from mtl_ser.data.labels import LabelSet
 from mtl_ser.data.text import CharVocabulary
@@ -135,16 +135,21 @@ def load_run(run_folder: str | Path) -> LoadedModel:
             "(or was trained by a version that did not save model specs)"
         )
     spec = json.loads(spec_path.read_text())
-    checkpoint = CrashSafeCheckpointer(run / "save").find_checkpoint(max_key="UA")
+    results_path = run / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else None
+    # The checkpoint the run itself tested (a run still training: the best on validation).
+    selection = (results or {}).get("checkpoint_selection", "best_valid")
+    checkpoint = find_selected_checkpoint(CrashSafeCheckpointer(run / "save"), selection)
     if checkpoint is None:
         raise FileNotFoundError(f"no complete checkpoint with a validation UA in {run / 'save'}")
+    CrashSafeCheckpointer.verify(checkpoint)
     state_dicts = {}
     for name in spec["modules"]:
         if name not in checkpoint.paramfiles:
             raise FileNotFoundError(f"checkpoint {checkpoint.path} has no {name}.ckpt")
-        state_dicts[name] = torch.load(checkpoint.paramfiles[name], map_location="cpu")
-    results_path = run / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else None
+        state_dicts[name] = torch.load(
+            checkpoint.paramfiles[name], map_location="cpu", weights_only=True
+        )
     info = {
         "source_run": str(run.resolve()),
         "checkpoint": checkpoint.path.name,

@@ -22,15 +22,22 @@ from mtl_ser.data.pipelines import dataio_prep, train_loader_options
 from mtl_ser.experiment import (
     end_distributed,
     experiment_vocabulary,
+    given_keys,
     label_set_of,
+    lock_run_folder,
     parse_arguments,
     prepare_data,
     run_identity,
+    run_recipe_main,
 )
+from mtl_ser.hparams_check import check_hparams
 
 
 def main(argv):
     hparams_file, run_opts, overrides = parse_arguments(argv)
+    # Every value checked before anything is built; then one writer per run folder.
+    config = check_hparams(hparams_file, overrides, run_opts, set(given_keys(argv)))
+    lock_run_folder(config["output_folder"])
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file) as fin:
         hparams = load_hyperpyyaml(fin, overrides)
@@ -66,10 +73,8 @@ def main(argv):
         train_loader_kwargs=train_loader_options(hparams, datasets["train"]),
         valid_loader_kwargs=hparams["eval_dataloader_opts"],
     )
-    # The test set, once, from the checkpoint with the best validation UA.
-    brain.evaluate(
-        datasets["test"], max_key="UA", test_loader_kwargs=hparams["eval_dataloader_opts"]
-    )
+    # The test set, once, from the checkpoint chosen on validation (checkpoint_selection).
+    brain.evaluate(datasets["test"], test_loader_kwargs=hparams["eval_dataloader_opts"])
     if sb.utils.distributed.if_main_process():
         results = brain.results
         wer = "n/a" if results["wer"] is None else f"{results['wer']:.3f}"
@@ -79,7 +84,8 @@ def main(argv):
             f"results in {hparams['output_folder']}/results.json"
         )
     end_distributed()
+    return brain
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_recipe_main(main, sys.argv[1:]))

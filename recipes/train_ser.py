@@ -12,5 +12,7 @@ import sys
 
 from train_mtl import main
 
+from mtl_ser.experiment import run_recipe_main
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_recipe_main(main, sys.argv[1:]))

@@ -39,11 +39,12 @@ class AttentiveStatisticsPooling(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         mask = lengths_to_mask(lengths, x.shape[1])
-        scores = self.score(x).squeeze(-1).masked_fill(~mask, float("-inf"))
+        scores = self.score(x).squeeze(-1).float().masked_fill(~mask, float("-inf"))
         weights = torch.softmax(scores, dim=1).unsqueeze(-1)  # [B, T, 1]
-        mean = (weights * x).sum(dim=1)
-        var = (weights * (x - mean.unsqueeze(1)) ** 2).sum(dim=1)
-        return torch.cat([mean, torch.sqrt(var.clamp(min=1e-6))], dim=-1)
+        x32 = x.float()  # statistics in float32 under any autocast dtype
+        mean = (weights * x32).sum(dim=1)
+        var = (weights * (x32 - mean.unsqueeze(1)) ** 2).sum(dim=1)
+        return torch.cat([mean, torch.sqrt(var.clamp(min=1e-6))], dim=-1).to(x.dtype)
 
 
 POOLINGS = ("mean", "attentive")
@@ -126,4 +127,5 @@ class CTCHead(nn.Module):
         return dict(self._kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.linear(self.dropout(x)), dim=-1)
+        # float32 log-softmax: under bf16 / fp16 autocast the CTC loss needs its precision.
+        return torch.log_softmax(self.linear(self.dropout(x)).float(), dim=-1)

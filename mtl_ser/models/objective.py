@@ -17,6 +17,9 @@ class Losses:
     ctc: torch.Tensor | None
 
 
+CTC_REDUCTIONS = ("sum", "length_mean", "token_mean")
+
+
 class MultiTaskObjective:
     """Cross-entropy on emotions plus alpha times CTC on characters.
 
@@ -25,19 +28,62 @@ class MultiTaskObjective:
             trained), negative values are refused.
         blank_index: the CTC blank id.
         label_smoothing: cross-entropy label smoothing.
+        ctc_reduction: how the per-utterance CTC losses ``NLL_i`` (negative log-likelihood of
+            utterance i's transcript, over its true frames) of the utterances with text are
+            reduced to the batch's ``L_ctc``:
 
-    CTC uses each utterance's true frame count as input length and averages the
-    per-utterance losses divided by their target lengths (PyTorch's ``reduction="mean"``)
-    over the utterances that have text; infeasible alignments count as zero
-    (``zero_infinity``).
+            - ``"sum"``: summed over groups of ``ctc_sum_utterances`` utterances and averaged
+              over the groups, i.e. ``ctc_sum_utterances * mean_i(NLL_i)``. With
+              ``ctc_sum_utterances: 2`` this is the released Cai et al. code's scale
+              (``F.ctc_loss(reduction="sum")`` over each device's batch of 2 utterances,
+              averaged over 4 accumulation steps), whatever our batch size and accumulation;
+              see the README's derivation. The default.
+            - ``"length_mean"``: ``mean_i(NLL_i / L_i)`` with ``L_i`` the target length
+              (PyTorch's ``reduction="mean"``; mtl-ser 0.1's only choice, ~80x smaller on
+              IEMOCAP than the released scale).
+            - ``"token_mean"``: ``sum_i NLL_i / sum_i L_i`` (per character of the batch).
+        ctc_sum_utterances: the group size of ``"sum"``.
+        ctc_zero_infinity: an infeasible alignment (transcript longer than the frames
+            allow) counts as 0 instead of infinity (the released code: False, so such a
+            batch gives an infinite loss, which the Brain then skips).
+
+    The emotion loss is the mean cross-entropy over the batch. Both losses are computed in
+    float32 whatever the autocast dtype.
     """
 
-    def __init__(self, alpha: float, blank_index: int = 0, label_smoothing: float = 0.0):
+    def __init__(
+        self,
+        alpha: float,
+        blank_index: int = 0,
+        label_smoothing: float = 0.0,
+        ctc_reduction: str = "sum",
+        ctc_sum_utterances: int = 2,
+        ctc_zero_infinity: bool = True,
+    ):
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
+        if ctc_reduction not in CTC_REDUCTIONS:
+            raise ValueError(
+                f"ctc_reduction must be one of {list(CTC_REDUCTIONS)}, not {ctc_reduction!r}"
+            )
+        if int(ctc_sum_utterances) != ctc_sum_utterances or ctc_sum_utterances < 1:
+            raise ValueError(
+                f"ctc_sum_utterances must be an integer >= 1, not {ctc_sum_utterances}"
+            )
         self.alpha = float(alpha)
         self.blank_index = blank_index
         self.label_smoothing = label_smoothing
+        self.ctc_reduction = ctc_reduction
+        self.ctc_sum_utterances = int(ctc_sum_utterances)
+        self.ctc_zero_infinity = bool(ctc_zero_infinity)
+
+    def describe(self) -> dict:
+        """The settings that decide the CTC term's scale, for results.json (None without
+        the CTC task, so that alpha = 0 runs compare whatever they were configured with)."""
+        if not self.ctc_enabled:
+            return {"ctc_reduction": None, "ctc_sum_utterances": None}
+        sum_size = self.ctc_sum_utterances if self.ctc_reduction == "sum" else None
+        return {"ctc_reduction": self.ctc_reduction, "ctc_sum_utterances": sum_size}
 
     @property
     def ctc_enabled(self) -> bool:
@@ -45,7 +91,7 @@ class MultiTaskObjective:
 
     def emotion_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Args: logits ``[B, C]``; targets ``[B]`` class ids. Returns: mean CE (scalar)."""
-        return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
 
     def ctc_loss(
         self,
@@ -66,19 +112,26 @@ class MultiTaskObjective:
 
         Returns: scalar; exactly 0 (still connected to the graph) when no utterance has text.
         """
+        keep = has_text.nonzero().squeeze(-1)
+        if keep.numel() == 0:
+            # Still connected to the graph, so DDP sees a gradient (of 0) for the CTC head.
+            return log_probs.float().sum() * 0.0
+        # Only the utterances with text are scored: a cropped one keeps its full transcript,
+        # which its shorter audio may not be able to align (inf without zero_infinity).
         per_utt = F.ctc_loss(
-            log_probs.transpose(0, 1).float(),
-            tokens,
-            frame_lens,
-            token_lens,
+            log_probs[keep].transpose(0, 1).float(),
+            tokens[keep],
+            frame_lens[keep],
+            token_lens[keep],
             blank=self.blank_index,
             reduction="none",
-            zero_infinity=True,
+            zero_infinity=self.ctc_zero_infinity,
         )
-        per_utt = per_utt / token_lens.clamp(min=1).to(per_utt.dtype)
-        weights = has_text.to(per_utt.dtype)
-        # Multiplying keeps the graph (and DDP's gradient bookkeeping) when no text is present.
-        return (per_utt * weights).sum() / weights.sum().clamp(min=1)
+        if self.ctc_reduction == "length_mean":
+            return (per_utt / token_lens[keep].clamp(min=1)).mean()
+        if self.ctc_reduction == "token_mean":
+            return per_utt.sum() / token_lens[keep].sum().clamp(min=1)
+        return self.ctc_sum_utterances * per_utt.mean()
 
     def __call__(
         self,

@@ -63,10 +63,10 @@ def batch(seed=0):
     )
 
 
-def per_utterance_ctc(b, i):
-    """CTC of utterance i computed alone, on its true frames only, divided by its length."""
+def utterance_nll(b, i):
+    """CTC negative log-likelihood of utterance i computed alone, on its true frames only."""
     n, s = b["frame_lens"][i], b["token_lens"][i]
-    loss = F.ctc_loss(
+    return F.ctc_loss(
         b["ctc_log_probs"][i : i + 1, :n].transpose(0, 1),
         b["tokens"][i : i + 1, :s],
         torch.tensor([n]),
@@ -74,17 +74,98 @@ def per_utterance_ctc(b, i):
         blank=0,
         reduction="sum",
     )
-    return loss / s
 
 
 def test_total_is_emotion_plus_alpha_ctc():
     b = batch()
-    losses = MultiTaskObjective(alpha=0.1)(**b)
     ce = F.cross_entropy(b["emo_logits"], b["emo_targets"])
-    ctc = (per_utterance_ctc(b, 0) + per_utterance_ctc(b, 1)) / 2
-    torch.testing.assert_close(losses.emo, ce)
-    torch.testing.assert_close(losses.ctc, ctc)
-    torch.testing.assert_close(losses.total, ce + 0.1 * ctc)
+    nll = [utterance_nll(b, 0), utterance_nll(b, 1)]
+    expected = {
+        # Default: the released code's scale, 2 x the mean NLL per utterance.
+        "sum": 2 * (nll[0] + nll[1]) / 2,
+        "length_mean": (nll[0] / 3 + nll[1] / 2) / 2,
+        "token_mean": (nll[0] + nll[1]) / 5,
+    }
+    for reduction, ctc in expected.items():
+        losses = MultiTaskObjective(alpha=0.1, ctc_reduction=reduction)(**b)
+        torch.testing.assert_close(losses.emo, ce)
+        torch.testing.assert_close(losses.ctc, ctc)
+        torch.testing.assert_close(losses.total, ce + 0.1 * ctc)
+    assert MultiTaskObjective(0.1).ctc_reduction == "sum"
+
+
+def test_sum_reduction_is_torch_sum_over_groups():
+    """ctc_sum_utterances = batch size is F.ctc_loss(reduction="sum") over the batch."""
+    b = batch()
+    torch_sum = F.ctc_loss(
+        b["ctc_log_probs"].transpose(0, 1),
+        b["tokens"],
+        b["frame_lens"],
+        b["token_lens"],
+        blank=0,
+        reduction="sum",
+    )
+    ours = MultiTaskObjective(1.0, ctc_sum_utterances=2)(**b).ctc
+    torch.testing.assert_close(ours, torch_sum)
+    torch.testing.assert_close(
+        MultiTaskObjective(1.0, ctc_sum_utterances=1)(**b).ctc, torch_sum / 2
+    )
+
+
+def released_batch(seed=1, size=8):
+    """``size`` utterances of 5..12 frames with 1..4 characters each, padded."""
+    gen = torch.Generator().manual_seed(seed)
+    frames = torch.randint(5, 13, (size,), generator=gen)
+    token_lens = torch.randint(1, 5, (size,), generator=gen)
+    tokens = torch.randint(1, 6, (size, 4), generator=gen) * (
+        torch.arange(4)[None] < token_lens[:, None]
+    )
+    return dict(
+        emo_logits=torch.randn(size, 4, generator=gen, requires_grad=True),
+        emo_targets=torch.randint(0, 4, (size,), generator=gen),
+        ctc_log_probs=torch.randn(size, 12, 6, generator=gen).log_softmax(-1).requires_grad_(),
+        frame_lens=frames,
+        tokens=tokens,
+        token_lens=token_lens,
+        has_text=torch.ones(size, dtype=torch.bool),
+    )
+
+
+def test_default_gradient_equals_the_released_training_step():
+    """The released code (run.sh: 2 utterances per device, 4 accumulation steps, the loss of
+    each micro-batch divided by 4; F.ctc_loss with reduction "sum") and our default on one
+    batch of the same 8 utterances take the same gradient step."""
+    alpha = 0.1
+    b = released_batch()
+    released_logits = b["emo_logits"].detach().clone().requires_grad_()
+    released_log_probs = b["ctc_log_probs"].detach().clone().requires_grad_()
+    for m in range(4):
+        rows = slice(2 * m, 2 * m + 2)
+        ce = F.cross_entropy(released_logits[rows], b["emo_targets"][rows])
+        ctc = F.ctc_loss(
+            released_log_probs[rows].transpose(0, 1),
+            b["tokens"][rows],
+            b["frame_lens"][rows],
+            b["token_lens"][rows],
+            blank=0,
+            reduction="sum",
+        )
+        ((ce + alpha * ctc) / 4).backward()
+    MultiTaskObjective(alpha)(**b).total.backward()
+    torch.testing.assert_close(b["emo_logits"].grad, released_logits.grad)
+    torch.testing.assert_close(b["ctc_log_probs"].grad, released_log_probs.grad)
+
+
+def test_reductions_differ_by_the_transcript_length():
+    """Why alpha was not the paper's alpha: length_mean divides each NLL by its length, so
+    with transcripts of L characters the released scale is 2 L times larger (~110 x for
+    IEMOCAP's ~55 characters)."""
+    b = released_batch()
+    b["token_lens"] = torch.full((8,), 4)
+    b["tokens"] = b["tokens"].clamp(min=1)
+    released = MultiTaskObjective(1.0)(**b).ctc
+    per_length = MultiTaskObjective(1.0, ctc_reduction="length_mean")(**b).ctc
+    torch.testing.assert_close(released / per_length, torch.tensor(8.0))
 
 
 def test_ctc_uses_true_lengths_not_padding():
@@ -100,7 +181,7 @@ def test_utterances_without_text_do_not_count():
     b = batch()
     b["has_text"] = torch.tensor([True, False])
     losses = MultiTaskObjective(1.0)(**b)
-    torch.testing.assert_close(losses.ctc, per_utterance_ctc(b, 0))
+    torch.testing.assert_close(losses.ctc, 2 * utterance_nll(b, 0))
     b["has_text"] = torch.tensor([False, False])
     none = MultiTaskObjective(1.0)(**b)
     assert none.ctc.item() == 0.0 and none.ctc.requires_grad
@@ -134,3 +215,20 @@ def test_bad_alpha_and_missing_ctc_output():
     b["ctc_log_probs"] = None
     with pytest.raises(ValueError, match="needs the CTC head's output"):
         MultiTaskObjective(0.1)(**b)
+    with pytest.raises(ValueError, match="ctc_reduction must be one of"):
+        MultiTaskObjective(0.1, ctc_reduction="mean")
+    with pytest.raises(ValueError, match="ctc_sum_utterances must be an integer >= 1"):
+        MultiTaskObjective(0.1, ctc_sum_utterances=0)
+
+
+def test_infeasible_alignment_is_infinite_only_when_asked():
+    """A transcript longer than its frames: 0 with zero_infinity (default), inf as in the
+    released code without it; an utterance without text never makes the loss infinite."""
+    b = batch()
+    b["token_lens"] = torch.tensor([3, 2])
+    b["frame_lens"] = torch.tensor([6, 1])  # 2 characters cannot fit in 1 frame
+    assert torch.isfinite(MultiTaskObjective(1.0)(**b).ctc)
+    assert torch.isinf(MultiTaskObjective(1.0, ctc_zero_infinity=False)(**b).ctc)
+    b["has_text"] = torch.tensor([True, False])
+    released = MultiTaskObjective(1.0, ctc_zero_infinity=False)(**b)
+    torch.testing.assert_close(released.ctc, 2 * utterance_nll(b, 0))

@@ -1,0 +1,230 @@
+"""Checks a recipe's hyperparameters before anything is built.
+
+A wrong value must not cost a model download, a data preparation or an epoch of training,
+nor end in a traceback deep inside a library: every check here reads the configuration
+with its references resolved but no object instantiated, and a failure is a `ConfigError`
+whose one-line message names the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from hyperpyyaml.core import resolve_references
+from ruamel.yaml import YAML
+
+from mtl_ser.data.protocols import PROTOCOL_FOLDS
+
+
+class ConfigError(ValueError):
+    """A hyperparameter or command-line problem, explained in one line."""
+
+
+# A rule returns None when the value is fine, else what is allowed.
+Rule = Callable[[object], str | None]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def integer(minimum: int) -> Rule:
+    def rule(value):
+        return None if _is_int(value) and value >= minimum else f"an integer >= {minimum}"
+
+    return rule
+
+
+def number(low: float, high: float | None = None, low_open=False, high_open=True) -> Rule:
+    left, right = "(" if low_open else "[", ")" if high_open else "]"
+    allowed = f"a number in {left}{low}, {'inf' if high is None else high}{right}"
+
+    def rule(value):
+        if not _is_number(value):
+            return allowed
+        if value < low or (low_open and value == low):
+            return allowed
+        if high is not None and (value > high or (high_open and value == high)):
+            return allowed
+        return None
+
+    return rule
+
+
+def choice(*options) -> Rule:
+    def rule(value):
+        return None if value in options else "one of " + ", ".join(map(str, options))
+
+    return rule
+
+
+def optional(inner: Rule) -> Rule:
+    def rule(value):
+        message = None if value is None else inner(value)
+        return None if message is None else f"null or {message}"
+
+    return rule
+
+
+def boolean(value) -> str | None:
+    return None if isinstance(value, bool) else "True or False"
+
+
+# Keys checked when the hparams file has them (the CNN recipe lacks the wav2vec2 ones).
+RULES: dict[str, Rule] = {
+    "alpha": number(0.0),
+    "seed": integer(0),
+    "split_seed": integer(0),
+    "protocol": choice(*sorted(PROTOCOL_FOLDS)),
+    "fold": integer(1),
+    "keep_exc_apart": boolean,
+    "valid_strategy": optional(choice("stratified", "speaker")),
+    "valid_fraction": number(0.0, 1.0, low_open=True),
+    "skip_prep": boolean,
+    "batch_size": integer(1),
+    "eval_batch_size": integer(1),
+    "max_len": optional(number(0.0, low_open=True)),
+    "sorting": choice("random", "ascending", "descending"),
+    "dynamic_batching": boolean,
+    "max_batch_length": number(0.0, low_open=True),
+    "num_buckets": integer(1),
+    "num_workers": integer(0),
+    "number_of_epochs": integer(1),
+    "early_stop_patience": optional(integer(1)),
+    "checkpoint_selection": choice("best_valid", "last"),
+    "lr_encoder": number(0.0, low_open=True),
+    "lr_heads": number(0.0, low_open=True),
+    "warmup_fraction": number(0.0, 1.0),
+    "lr_decay": boolean,
+    "weight_decay": number(0.0),
+    "grad_accumulation_factor": integer(1),
+    "grad_clip": choice("global", "per_optimizer"),
+    "max_grad_norm": number(0.0, low_open=True),
+    "nonfinite_patience": integer(1),
+    "precision": choice("fp32", "bf16", "fp16"),
+    "augment_prob": number(0.0, 1.0, high_open=False),
+    "ctc_reduction": choice("sum", "length_mean", "token_mean"),
+    "ctc_sum_utterances": integer(1),
+    "ctc_zero_infinity": boolean,
+    "head_dropout": number(0.0, 1.0),
+    "mask_time_prob": number(0.0, 1.0),
+    "freeze_encoder": boolean,
+    "freeze_feature_encoder": boolean,
+    "pooling": choice("mean", "attentive"),
+}
+# SpeechBrain run options: a command-line value wins over the hparams file's.
+RUN_OPTIONS = ("grad_accumulation_factor", "max_grad_norm", "nonfinite_patience", "precision")
+
+
+def resolved_config(hparams_file: str | Path, overrides: str) -> dict:
+    """The configuration a recipe would load, references resolved, nothing instantiated
+    (tagged objects stay as plain mappings). Raises ConfigError for a missing placeholder."""
+    try:
+        with open(hparams_file) as f:
+            text = resolve_references(f, overrides or None).getvalue()
+    except ValueError as err:
+        if "PLACEHOLDER" in str(err):
+            key = str(err).split("'")[1] if "'" in str(err) else str(err)
+            raise ConfigError(f"{key} must be given (e.g. --{key}=...)") from None
+        raise ConfigError(f"{hparams_file}: {err}") from None
+    return _load_round_trip(text)
+
+
+def _load_round_trip(text: str) -> dict:
+    # The round-trip loader keeps unknown tags (!new:, !name:) as data instead of failing.
+    return YAML().load(text) or {}
+
+
+def _flag(key: str, value, cli_keys: set[str]) -> str:
+    shown = "null" if value is None else value
+    return f"--{key}={shown}" if key in cli_keys else f"{key}: {shown}"
+
+
+def check_hparams(
+    hparams_file: str | Path, overrides: str, run_opts, override_keys: set[str]
+) -> dict:
+    """Checks every rule, the protocol's fold, the data and the output folder.
+
+    Args:
+        hparams_file: the base hparams file (after ``extends:`` resolution).
+        overrides: the merged override YAML (override files + command line).
+        run_opts: SpeechBrain's run options (``overridden_args`` holds those given).
+        override_keys: the keys given on the command line (for the messages).
+
+    Returns: the resolved configuration. Raises ConfigError naming the first problem.
+    """
+    base = _load_round_trip(Path(hparams_file).read_text())
+    given = _load_round_trip(overrides) if overrides else {}
+    unknown = [k for k in given if k not in base]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, list(base), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"unknown hparams key {key!r} (not in {hparams_file}){hint}")
+    config = resolved_config(hparams_file, overrides)
+    cli_keys = set(override_keys) | set(getattr(run_opts, "overridden_args", ()) or ())
+    effective = dict(config)
+    for key in RUN_OPTIONS:
+        if key in cli_keys:
+            effective[key] = getattr(run_opts, key)
+    for key, rule in RULES.items():
+        if key in effective:
+            allowed = rule(effective[key])
+            if allowed is not None:
+                raise ConfigError(
+                    f"{_flag(key, effective[key], cli_keys)}: {key} must be {allowed}"
+                )
+    _check_fold(effective, cli_keys)
+    _check_data(effective)
+    _check_writable(Path(effective["output_folder"]))
+    return config
+
+
+def _check_fold(config: dict, cli_keys: set[str]) -> None:
+    if config.get("skip_prep") or "protocol" not in config:
+        return  # manifests given: their own split, no protocol fold
+    folds = PROTOCOL_FOLDS[config["protocol"]]
+    if not 1 <= config["fold"] <= folds:
+        raise ConfigError(
+            f"{_flag('fold', config['fold'], cli_keys)}: protocol {config['protocol']} has "
+            f"folds 1..{folds}"
+        )
+
+
+def _check_data(config: dict) -> None:
+    if config.get("skip_prep"):
+        for split in ("train", "valid", "test"):
+            path = config.get(f"{split}_annotation")
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(
+                    f"{split}_annotation = {path}: no such manifest (skip_prep is True: "
+                    "prepare the data first, e.g. with `mtl-ser prepare`)"
+                )
+        return
+    folder = Path(config["data_folder"])
+    if not folder.is_dir():
+        raise ConfigError(f"data_folder = {folder}: no such folder")
+
+
+def _check_writable(folder: Path) -> None:
+    """Creates the output folder and writes a probe file in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_probe_{uuid.uuid4().hex}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(
+            f"output_folder = {folder}: cannot write there ({err.strerror or err})"
+        ) from None
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"output_folder = {folder}: not writable")
