@@ -122,6 +122,7 @@ def test_report_files(runs_folder, tmp_path):
         "summary.md",
         "summary.csv",
         "runs.csv",
+        "paired.csv",
         "alpha_ablation.png",
         "confusion_mtl_loso_alpha0.png",
         "confusion_mtl_loso_alpha0.1.png",
