@@ -318,3 +318,29 @@ def test_prepare_hf_bad_examples_are_named(tmp_path):
             split_column="part",
             verbose=False,
         )
+
+
+def test_iemocap_refuses_non_finite_and_too_short_audio(tmp_path):
+    import numpy as np
+
+    from mtl_ser.data.prepare import prepare_iemocap
+    from tests.builders import build_trap_tree
+
+    root = build_trap_tree(tmp_path / "IEMOCAP")
+    wavs = root / "Session1/sentences/wav"
+    bad = np.full(3200, 0.01, np.float32)
+    bad[5] = np.nan
+    soundfile.write(str(wavs / "Ses01F_impro01/Ses01F_impro01_F000.wav"), bad, 16000, "FLOAT")
+    soundfile.write(str(wavs / "Ses01F_impro01/Ses01F_impro01_M000.wav"), bad[:160], 16000)
+    with pytest.raises(ValueError) as err:
+        prepare_iemocap(root, tmp_path / "out", verbose=False)
+    message = str(err.value)
+    assert "2 bad file(s)" in message
+    assert (
+        "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_F000.wav: non-finite audio: "
+        "1 sample(s) are NaN or infinite" in message
+    )
+    assert "Ses01F_impro01_M000.wav: too short (10.0 ms)" in message
+    paths = prepare_iemocap(root, tmp_path / "out", on_error="skip", verbose=False)
+    kept = {k for p in paths.values() for k in read(p)}
+    assert "Ses01F_impro01_F000" not in kept and "Ses01F_impro01_M001" in kept
