@@ -16,6 +16,7 @@ class the model lacks, or a label the data lacks, is an error too.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import Counter
@@ -69,8 +70,6 @@ def read_items(
 
 
 def _manifest_items(path: Path, data_folder) -> tuple[list[dict], list[str], dict]:
-    import json
-
     folder = path.parent
     options_path = folder / OPTIONS_FILE
     options = json.loads(options_path.read_text()) if options_path.is_file() else {}
