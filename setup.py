@@ -32,6 +32,10 @@ setup(
         # The demo corpus synthesizer loads libespeak-ng from this wheel.
         "espeakng-loader>=0.2",
     ],
-    extras_require={"dev": ["pytest", "ruff"]},
+    extras_require={
+        "dev": ["pytest", "ruff"],
+        # `mtl-ser prepare hf`: Hugging Face datasets (pulls pyarrow and pandas).
+        "hf": ["datasets>=2.14"],
+    },
     entry_points={"console_scripts": ["mtl-ser=mtl_ser.cli:main"]},
 )

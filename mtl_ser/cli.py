@@ -1,8 +1,8 @@
 """The `mtl-ser` command: thin wrappers around the library functions.
 
-mtl-ser prepare iemocap --data-folder D --output-folder O [--protocol P --fold K ...]
-mtl-ser prepare csv --csv F --audio-root R --output-folder O [--labels a,b,c ...]
+mtl-ser prepare iemocap|csv|ravdess|crema-d|msp-podcast|hf --output-folder O ...
 mtl-ser demo-data OUT [--seed N]
+mtl-ser evaluate MODEL MANIFEST_OR_CSV --output DIR [--label-map a=b,...]
 """
 
 from __future__ import annotations
@@ -11,80 +11,53 @@ import argparse
 import sys
 from pathlib import Path
 
-from mtl_ser.data.protocols import PROTOCOL_FOLDS, VALID_STRATEGIES
-
 
 def _add_prepare(subparsers) -> None:
-    prepare = subparsers.add_parser("prepare", help="write train/valid/test manifests")
-    corpora = prepare.add_subparsers(dest="corpus", required=True)
+    from mtl_ser.data.corpora.registry import add_prepare_commands
 
-    iemocap = corpora.add_parser("iemocap", help="the IEMOCAP release layout")
-    iemocap.add_argument("--data-folder", required=True, help="folder with Session1..5")
-    iemocap.add_argument("--output-folder", required=True)
-    iemocap.add_argument("--protocol", default="loso", choices=sorted(PROTOCOL_FOLDS))
-    iemocap.add_argument("--fold", type=int, default=1)
-    iemocap.add_argument(
-        "--keep-exc-apart", action="store_true", help="exc as a 5th class, not merged into hap"
-    )
-    iemocap.add_argument(
-        "--valid-strategy",
-        choices=VALID_STRATEGIES,
-        default=None,
-        help="validation from training: stratified fraction (default) or one held-out speaker",
-    )
-    iemocap.add_argument("--valid-fraction", type=float, default=0.1)
-    iemocap.add_argument("--valid-speaker", default=None, help="e.g. Ses02F (with 'speaker')")
-    iemocap.add_argument("--seed", type=int, default=1234)
-    iemocap.set_defaults(func=_prepare_iemocap)
-
-    table = corpora.add_parser("csv", help="a CSV: path, emotion, transcript, speaker, split")
-    table.add_argument("--csv", required=True)
-    table.add_argument("--audio-root", required=True, help="folder relative paths start from")
-    table.add_argument("--output-folder", required=True)
-    table.add_argument(
-        "--labels",
-        default=None,
-        help="comma-separated classes in order (default neu,hap,ang,sad with exc merged to hap)",
-    )
-    table.add_argument("--on-error", choices=("fail", "skip"), default="fail")
-    table.add_argument("--valid-fraction", type=float, default=0.1)
-    table.add_argument("--test-fraction", type=float, default=0.1)
-    table.add_argument("--seed", type=int, default=1234)
-    table.add_argument("--allow-speaker-overlap", action="store_true")
-    table.set_defaults(func=_prepare_csv)
+    add_prepare_commands(subparsers)
 
 
-def _prepare_iemocap(args) -> None:
-    from mtl_ser.data.prepare import prepare_iemocap
+def _evaluate(args) -> None:
+    from mtl_ser.evaluate import evaluate, parse_label_map
 
-    prepare_iemocap(
-        args.data_folder,
-        args.output_folder,
-        protocol=args.protocol,
-        fold=args.fold,
-        keep_exc_apart=args.keep_exc_apart,
-        valid_strategy=args.valid_strategy,
-        valid_fraction=args.valid_fraction,
-        valid_speaker=args.valid_speaker,
-        seed=args.seed,
-    )
-
-
-def _prepare_csv(args) -> None:
-    from mtl_ser.data.csv_corpus import prepare_csv
-    from mtl_ser.data.labels import parse_label_list
-
-    prepare_csv(
-        args.csv,
-        args.audio_root,
-        args.output_folder,
-        label_set=parse_label_list(args.labels) if args.labels else None,
+    evaluate(
+        args.model,
+        args.data,
+        args.output,
+        label_map=parse_label_map(args.label_map),
+        drop_unmapped=args.drop_unmapped,
+        data_folder=args.data_folder,
+        audio_root=args.audio_root,
+        name=args.name,
         on_error=args.on_error,
-        valid_fraction=args.valid_fraction,
-        test_fraction=args.test_fraction,
-        seed=args.seed,
-        allow_speaker_overlap=args.allow_speaker_overlap,
+        batch_size=args.batch_size,
+        device=args.device,
     )
+
+
+def _add_evaluate(subparsers) -> None:
+    evaluate = subparsers.add_parser(
+        "evaluate", help="metrics of a trained model on any labelled set (cross-corpus testing)"
+    )
+    evaluate.add_argument("model", help="exported model folder or training run folder")
+    evaluate.add_argument("data", help="a prepared manifest (.json) or a CSV (path, emotion, ...)")
+    evaluate.add_argument("--output", required=True, help="folder for results.json etc.")
+    evaluate.add_argument(
+        "--label-map", default=None, help="data label -> model class, e.g. cal=neu,exc=hap"
+    )
+    evaluate.add_argument(
+        "--drop-unmapped",
+        action="store_true",
+        help="exclude (and count) utterances whose label has no model class",
+    )
+    evaluate.add_argument("--data-folder", default=None, help="corpus folder of the manifest")
+    evaluate.add_argument("--audio-root", default=None, help="CSV paths start here")
+    evaluate.add_argument("--name", default=None, help="the set's name in results.json")
+    evaluate.add_argument("--on-error", choices=("fail", "skip"), default="fail")
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.set_defaults(func=_evaluate)
 
 
 def _demo_data(args) -> None:
@@ -168,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo_data)
     _add_inference(subparsers)
+    _add_evaluate(subparsers)
 
     # The sweep parses its own options: argparse sub-commands cannot pass on what follows `--`.
     sweep = subparsers.add_parser(

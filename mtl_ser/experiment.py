@@ -200,10 +200,18 @@ def end_distributed() -> None:
 
 
 def run_identity(hparams: dict, label_set: LabelSet) -> dict:
-    """Facts that identify a run in results.json and in reports."""
+    """Facts that identify a run in results.json and in reports.
+
+    The protocol, fold, number of folds and speaker independence come from the ``split``
+    facts `mtl-ser prepare` saved with the manifests (any corpus); manifests prepared before
+    those existed fall back to the old rules (CSV: protocol "csv", fold 1).
+    """
     options_file = Path(hparams["train_annotation"]).parent / "prepare_options.json"
     prepared = json.loads(options_file.read_text()) if options_file.is_file() else {}
-    if prepared.get("corpus") == "csv":  # split by the CSV, not by an IEMOCAP protocol
+    split = prepared.get("split") or {}
+    if split:
+        protocol, fold = split["protocol"], split["fold"]
+    elif prepared.get("corpus") == "csv":  # split by the CSV, not by an IEMOCAP protocol
         protocol, fold = "csv", 1
     else:
         protocol = prepared.get("protocol", hparams["protocol"])
@@ -213,6 +221,8 @@ def run_identity(hparams: dict, label_set: LabelSet) -> dict:
         "alpha": hparams["alpha"],
         "protocol": protocol,
         "fold": fold,
+        "folds": split.get("folds"),
+        "speaker_independent": split.get("speaker_independent"),
         "seed": hparams["seed"],
         # Learning rates identify a setting too (Cai et al. used 1e-5 for alpha = 0).
         "lr_encoder": hparams["lr_encoder"],

@@ -14,6 +14,9 @@ Reads every ``results.json`` below the given folders (any recipe) and writes to 
 - ``alpha_ablation.png``: UA and WA (top) and WER (bottom) against alpha, error bars = sample
   std; alpha = 0 sits on its own short axis labelled "0", left of the log axis of alpha > 0.
 - ``confusion_<recipe>_<protocol>_alpha<alpha>.png``: the summed confusion matrix per row.
+- ``paired.csv`` and a "Paired comparisons" section of summary.md: settings that differ in
+  one field compared on the runs they share (same protocol, fold, seed), with paired tests
+  and bootstrap confidence intervals (`mtl_ser.paired`).
 
 Runs are refused (ValueError) rather than averaged when a row mixes label sets or encoders,
 or holds two runs of the same fold and seed.
@@ -30,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mtl_ser import paired
 from mtl_ser.data.protocols import PROTOCOL_FOLDS, SPEAKER_INDEPENDENT
 from mtl_ser.results import RESULTS_FILE, RESULTS_SCHEMA
 
@@ -196,7 +200,7 @@ def aggregate(runs: list[dict]) -> list[Row]:
         stats = {
             m: mean_std([float(r[m]) for r in members if r.get(m) is not None]) for m in METRICS
         }
-        expected = PROTOCOL_FOLDS.get(protocol)
+        expected = expected_folds(members, protocol)
         folds = sorted({r["fold"] for r in members})
         missing = {}
         for seed in sorted({r["seed"] for r in members}):
@@ -234,10 +238,45 @@ def _mean_std_cell(stat: tuple, metric: str) -> str:
     return _cell(mean, metric) + ("" if std is None else f" ± {_cell(std, metric)}")
 
 
-def _protocol_text(protocol: str) -> str:
+def expected_folds(runs: list[dict], protocol: str) -> int | None:
+    """The protocol's number of folds: as recorded by the runs (``folds``, from their
+    preparation), else from the IEMOCAP protocol table; None when unknown."""
+    recorded = {r.get("folds") for r in runs} - {None}
+    if len(recorded) == 1:
+        return int(recorded.pop())
+    return PROTOCOL_FOLDS.get(protocol)
+
+
+def speaker_independence(runs: list[dict], protocol: str) -> str:
+    """ "independent", "dependent", "overlapping" or "unknown" for a group of runs.
+
+    Runs record whether their split is speaker-independent (``speaker_independent``, from
+    their preparation); runs without that record fall back to the IEMOCAP protocols' facts
+    (loso, loso_speaker independent; random dependent; cai2021 overlapping).
+    """
+    recorded = [r.get("speaker_independent") for r in runs if "speaker_independent" in r]
+    if recorded and len(recorded) == len(runs):
+        if all(v is True for v in recorded):
+            return "independent"
+        if any(v is False for v in recorded):
+            return "dependent" if protocol == "random" else "overlapping"
+        return "unknown"
     if protocol in SPEAKER_INDEPENDENT:
-        return protocol
-    return f"{protocol} (speaker-{'dependent' if protocol == 'random' else 'overlapping'})"
+        return "independent"
+    if protocol == "random":
+        return "dependent"
+    if protocol == "cai2021":
+        return "overlapping"
+    return "unknown"
+
+
+def _protocol_text(row: Row) -> str:
+    state = speaker_independence(row.runs, row.protocol)
+    if state == "independent":
+        return row.protocol
+    if state == "unknown":
+        return f"{row.protocol} (speakers not checked)"
+    return f"{row.protocol} (speaker-{state})"
 
 
 def _alpha_text(alpha: float) -> str:
@@ -267,7 +306,7 @@ def summary_markdown(rows: list[Row], folders: list, output_folder: Path, figure
     header += [METRIC_NAMES[m] for m in METRICS] + ["pooled WA %", "pooled UA %", "test utts"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row.recipe, _protocol_text(row.protocol), _alpha_text(row.alpha), str(row.n)]
+        cells = [row.recipe, _protocol_text(row), _alpha_text(row.alpha), str(row.n)]
         cells.append(row.folds_text() + ("" if row.complete else " **incomplete**"))
         cells += [_mean_std_cell(row.stats[m], m) for m in METRICS]
         cells += [_cell(row.pooled_wa, "wa"), _cell(row.pooled_ua, "ua")]
@@ -281,10 +320,11 @@ def summary_markdown(rows: list[Row], folders: list, output_folder: Path, figure
         partial = [m for m in METRICS if 0 < row.stats[m][2] < row.n]
         if partial:
             notes.append(f"{name}: {', '.join(partial)} reported by only some runs.")
-    if any(r.protocol not in SPEAKER_INDEPENDENT for r in rows):
+    if any(speaker_independence(r.runs, r.protocol) != "independent" for r in rows):
         notes.append(
-            "cai2021 shares speakers between training and test, random is speaker-dependent: "
-            "their numbers are not comparable with loso / loso_speaker."
+            "Rows marked speaker-overlapping / -dependent share speakers between training and "
+            "test (cai2021 by design, random by construction): their numbers are not "
+            "comparable with speaker-independent rows."
         )
     encoders = sorted({str(r.encoder) for r in rows})
     notes.append(f"Encoder(s): {', '.join(encoders)}; labels: {', '.join(rows[0].labels)}.")
@@ -531,9 +571,15 @@ def write_report(
         figures.append(
             plot_confusion(row.confusion, row.labels, output_folder / confusion_file(row), title)
         )
+    comparisons = paired.compare_settings([run for row in rows for run in row.runs])
     markdown = output_folder / "summary.md"
-    markdown.write_text(summary_markdown(rows, list(folders), output_folder, figures))
-    files = [markdown, *write_csvs(rows, output_folder), *figures]
+    markdown.write_text(
+        summary_markdown(rows, list(folders), output_folder, figures)
+        + "\n"
+        + paired.markdown(comparisons)
+    )
+    files = [markdown, *write_csvs(rows, output_folder)]
+    files += [paired.write_csv(comparisons, output_folder / "paired.csv"), *figures]
     if echo is not None:
         for row in rows:
             stat = row.stats
@@ -543,5 +589,22 @@ def write_report(
                 f"  UA {_mean_std_cell(stat['ua'], 'ua')}  WER {_mean_std_cell(stat['wer'], 'wer')}"
                 f"  pooled WA {_cell(row.pooled_wa, 'wa')}"
             )
+        for c in comparisons:
+            for metric in ("ua", "wa"):
+                test, pooled = c.tests.get(metric), c.pooled.get(metric)
+                if test is None:
+                    continue
+                echo(
+                    f"{c.protocol}: {paired.setting_text(c.second)} - "
+                    f"{paired.setting_text(c.first)}: {metric.upper()} "
+                    f"{100 * test['mean_diff']:+.2f} points over {test['n']} unit(s)"
+                    + (f", t-test p {test['p_t']:.3g}" if test["p_t"] is not None else "")
+                    + (
+                        f", pooled {100 * pooled['diff']:+.2f} "
+                        f"[{100 * pooled['ci_low']:+.2f}, {100 * pooled['ci_high']:+.2f}]"
+                        if pooled
+                        else ""
+                    )
+                )
         echo(f"report in {output_folder}: {', '.join(f.name for f in files)}")
     return {"rows": rows, "files": files}

@@ -3,78 +3,127 @@
 Columns ``path``, ``emotion`` and ``speaker`` are required; ``transcript`` and ``split``
 (train / valid / test) are optional. Every row is checked; a bad row is either an error that
 names its line and file (``on_error="fail"``, default) or skipped with one printed line naming
-the file and the reason plus a final count (``on_error="skip"``). Nothing is dropped silently.
+the file and the reason plus a final count (``on_error="skip"``). Nothing is dropped silently:
+a row with more fields than the header (an unquoted comma in a transcript would otherwise cut
+it short) or fewer is a bad row too.
 
-Audio of any rate and channel count is accepted: files that are not 16 kHz mono are
-converted once into ``<output>/audio_16k/`` so training never resamples.
+Paths are relative to the audio root (or absolute inside it); a path that leads outside the
+audio root is a bad row unless ``allow_outside_root`` is set. Audio of any rate and channel
+count is accepted: files that are not 16 kHz mono are converted once into
+``<output>/audio_16k/``, so training never resamples; nothing is written outside the output
+folder.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-from collections import Counter
 from pathlib import Path
 
-import soundfile
-from tqdm import tqdm
-
-from mtl_ser.data.audio import SAMPLE_RATE, load_audio
+from mtl_ser.data.corpora.base import Scan, Split, prepare_corpus
 from mtl_ser.data.labels import LabelSet, iemocap_label_set
-from mtl_ser.data.manifest import check_splits, is_prepared, summarize, write_prepared
+from mtl_ser.data.manifest import speaker_overlap
 from mtl_ser.data.protocols import SPLITS, speaker_group_split
-from mtl_ser.data.text import NORMALIZATION_VERSION, normalize_transcript
 
 REQUIRED_COLUMNS = ("path", "emotion", "speaker")
 OPTIONAL_COLUMNS = ("transcript", "split")
-CONVERTED_FOLDER = "audio_16k"
 
 
 class RowError(ValueError):
     """A CSV row that cannot be used; the message names the line and the file."""
 
 
-def _read_rows(csv_path: Path) -> tuple[list[dict], bool]:
-    """Returns (rows with their line number under ``"_line"``, whether a split column exists)."""
+def read_rows(
+    csv_path: Path, required: tuple[str, ...] = REQUIRED_COLUMNS
+) -> tuple[list[dict], list[str]]:
+    """Reads a CSV with a header line.
+
+    Returns: (rows as {column: stripped value, "_line": line number, "_fields": how many
+    fields the line had}, the header's columns). Raises ValueError naming missing columns.
+    """
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        reader = csv.reader(f)
+        try:
+            header = [c.strip() for c in next(reader)]
+        except StopIteration:
+            raise ValueError(f"{csv_path}: empty file (no header line)") from None
+        missing = [c for c in required if c not in header]
         if missing:
             raise ValueError(
-                f"{csv_path}: missing column(s) {missing}; found {columns}; "
-                f"required {list(REQUIRED_COLUMNS)}, optional {list(OPTIONAL_COLUMNS)}"
+                f"{csv_path}: missing column(s) {missing}; found {header}; "
+                f"required {list(required)}, optional "
+                f"{[c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c not in required]}"
             )
         rows = []
-        for line, row in enumerate(reader, start=2):
-            row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
-            rows.append({**row, "_line": line})
-    return rows, "split" in columns
+        for fields in reader:
+            if not fields:  # blank line
+                continue
+            row = {c: v.strip() for c, v in zip(header, fields, strict=False)}
+            rows.append({**row, "_line": reader.line_num, "_fields": len(fields)})
+    return rows, header
 
 
-def _relative(path: Path, audio_root: Path) -> str | None:
-    """The path relative to the audio root, or None when it lies outside it."""
-    try:
-        return path.resolve().relative_to(audio_root.resolve()).as_posix()
-    except ValueError:
-        return None
+def field_count_error(row: dict, header: list[str]) -> str | None:
+    """The reason a row has the wrong number of fields, or None."""
+    n = row["_fields"]
+    if n > len(header):
+        return (
+            f"{n} fields where the header has {len(header)} (an unquoted comma in a "
+            'transcript? put such fields in double quotes: "Oh, no")'
+        )
+    if n < len(header):
+        return f"{n} fields where the header has {len(header)}"
+    return None
 
 
-def _row_record(row: dict, audio_root: Path, label_set: LabelSet, has_split: bool) -> dict:
-    """Checks one row and builds its record (``id`` and ``split`` included).
+def row_where(row: dict) -> str:
+    return f"line {row['_line']} ({row.get('path') or 'no path'})"
 
-    Raises RowError naming the line, the file and the reason.
-    """
-    where = f"line {row['_line']} ({row.get('path') or 'no path'})"
+
+def resolve_row_path(row: dict, audio_root: Path, allow_outside_root: bool) -> tuple[Path, str]:
+    """The row's audio file and its utterance id (its path below the audio root without
+    extension). Raises RowError for an empty path, a path leading outside the audio root
+    (unless allowed) or a missing file."""
+    where = row_where(row)
     if not row.get("path"):
         raise RowError(f"{where}: empty path")
     path = Path(row["path"])
     if not path.is_absolute():
         path = audio_root / path
+    try:
+        relative = path.resolve().relative_to(audio_root.resolve()).as_posix()
+    except ValueError:
+        relative = None
+        if not allow_outside_root:
+            raise RowError(
+                f"{where}: path leads outside the audio root {audio_root} (pass "
+                "--allow-outside-root to accept it)"
+            ) from None
+    if not path.is_file():
+        raise RowError(f"{where}: file not found: {path}")
+    utt_id = (relative or path.resolve().as_posix().lstrip("/")).rsplit(".", 1)[0]
+    return path, utt_id
+
+
+def _row_record(
+    row: dict,
+    header: list[str],
+    audio_root: Path,
+    label_set: LabelSet,
+    has_split: bool,
+    allow_outside_root: bool,
+) -> dict:
+    """Checks one row and builds its scanned record (see `mtl_ser.data.corpora.base`).
+
+    Raises RowError naming the line, the file and the reason.
+    """
+    where = row_where(row)
+    wrong_count = field_count_error(row, header)
+    if wrong_count:
+        raise RowError(f"{where}: {wrong_count}")
     if not row.get("emotion"):
         raise RowError(f"{where}: empty emotion label")
-    label = label_set.map(row["emotion"])
-    if label is None:
+    if label_set.map(row["emotion"]) is None:
         raise RowError(
             f"{where}: emotion {row['emotion']!r} is not in the label set "
             f"{list(label_set.classes)} (give another set with --labels)"
@@ -84,50 +133,20 @@ def _row_record(row: dict, audio_root: Path, label_set: LabelSet, has_split: boo
     split = row.get("split", "").lower() if has_split else None
     if has_split and split not in SPLITS:
         raise RowError(f"{where}: split {row.get('split')!r} is not one of {list(SPLITS)}")
-    if not path.is_file():
-        raise RowError(f"{where}: file not found: {path}")
-    try:
-        info = soundfile.info(str(path))
-    except Exception as err:  # soundfile raises several types for broken files
-        raise RowError(f"{where}: unreadable audio: {err}") from None
-    if info.frames <= 0:
-        raise RowError(f"{where}: empty audio (no samples)")
-    relative = _relative(path, audio_root)
-    utt_id = (relative or path.as_posix().lstrip("/")).rsplit(".", 1)[0]
-    wrd = normalize_transcript(row.get("transcript", ""))
+    path, utt_id = resolve_row_path(row, audio_root, allow_outside_root)
     return {
         "id": utt_id,
-        "split": split,
         "source": path,
-        "needs_conversion": info.samplerate != SAMPLE_RATE or info.channels != 1,
-        "wav": "{data_root}/" + relative if relative else str(path.resolve()),
-        "duration": round(info.frames / info.samplerate, 4),
-        "emo": label,
+        "where": where,
+        "split": split,
         "label_raw": row["emotion"],
-        "wrd": wrd,
         "transcript": row.get("transcript", ""),
-        "has_text": bool(wrd),
         "spk": row["speaker"],
         "gender": None,
         "session": None,
         "dialog": None,
         "scripted": None,
     }
-
-
-def _convert(records: list[dict], output_folder: Path, progress: bool) -> None:
-    """Writes 16 kHz mono copies of the records that need them and points ``wav`` at them.
-
-    A copy newer than its source is reused (conversion happens once per file).
-    """
-    todo = [r for r in records if r["needs_conversion"]]
-    for record in tqdm(todo, desc="converting to 16 kHz mono", disable=not progress, unit="file"):
-        target = output_folder / CONVERTED_FOLDER / f"{record['id']}.wav"
-        if not target.is_file() or target.stat().st_mtime < record["source"].stat().st_mtime:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            waveform = load_audio(record["source"], SAMPLE_RATE)
-            soundfile.write(str(target), waveform.numpy(), SAMPLE_RATE, subtype="PCM_16")
-        record["wav"] = "{manifest_root}/" + f"{CONVERTED_FOLDER}/{record['id']}.wav"
 
 
 def prepare_csv(
@@ -140,6 +159,7 @@ def prepare_csv(
     test_fraction: float = 0.1,
     seed: int = 1234,
     allow_speaker_overlap: bool = False,
+    allow_outside_root: bool = False,
     verbose: bool = True,
 ) -> dict[str, Path]:
     """Writes train/valid/test manifests of a CSV-described corpus.
@@ -154,13 +174,13 @@ def prepare_csv(
         valid_fraction, test_fraction: speaker fractions when there is no split column.
         seed: seed of the speaker split.
         allow_speaker_overlap: accept a split column that puts a test speaker in train/valid
-            (the summary then says the split is speaker-overlapping).
+            (the summary and the run identities then say the split is speaker-overlapping).
+        allow_outside_root: accept paths that lead outside the audio root (they are then
+            stored as absolute paths and the manifests are not relocatable).
         verbose: print progress and the summary.
 
     Returns: ``{"train": Path, "valid": Path, "test": Path}``.
     """
-    if on_error not in ("fail", "skip"):
-        raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
     csv_path, audio_root, output_folder = Path(csv_path), Path(audio_root), Path(output_folder)
     if not csv_path.is_file():
         raise FileNotFoundError(f"no CSV file at {csv_path}")
@@ -172,83 +192,116 @@ def prepare_csv(
         "csv": str(csv_path.resolve()),
         "csv_sha1": hashlib.sha1(csv_path.read_bytes()).hexdigest(),
         "audio_root": str(audio_root.resolve()),
-        "labels": label_set.to_dict(),
-        "on_error": on_error,
         "valid_fraction": valid_fraction,
         "test_fraction": test_fraction,
         "seed": seed,
         "allow_speaker_overlap": allow_speaker_overlap,
-        "normalization": NORMALIZATION_VERSION,
+        "allow_outside_root": allow_outside_root,
     }
-    if is_prepared(output_folder, options):
-        if verbose:
-            print(f"{output_folder}: already prepared with the same options, skipping")
-        return {s: output_folder / f"{s}.json" for s in SPLITS}
+    has_split = []
 
-    rows, has_split = _read_rows(csv_path)
-    records, errors, seen = [], [], {}
-    for row in tqdm(rows, desc="checking rows", disable=not verbose, unit="row"):
-        try:
-            record = _row_record(row, audio_root, label_set, has_split)
-            if record["id"] in seen:
-                raise RowError(
-                    f"line {row['_line']} ({row['path']}): same file as line {seen[record['id']]}"
+    def scan() -> Scan:
+        rows, header = read_rows(csv_path)
+        has_split.append("split" in header)
+        records, errors, seen = [], [], {}
+        for row in rows:
+            try:
+                record = _row_record(
+                    row, header, audio_root, label_set, has_split[0], allow_outside_root
                 )
-        except RowError as err:
-            errors.append(str(err))
-            continue
-        seen[record["id"]] = row["_line"]
-        records.append(record)
-    if errors and on_error == "fail":
-        raise ValueError(
-            f"{csv_path}: {len(errors)} bad row(s) (use --on-error skip to skip them):\n  "
-            + "\n  ".join(errors)
+                if record["id"] in seen:
+                    raise RowError(f"{row_where(row)}: same file as line {seen[record['id']]}")
+            except RowError as err:
+                errors.append(str(err))
+                continue
+            seen[record["id"]] = row["_line"]
+            records.append(record)
+        return Scan(
+            records, [f"corpus: {csv_path} ({len(rows)} rows)"], errors, str(csv_path), "row"
         )
-    for error in errors:
-        print(f"skipped {error}")
-    header = [
-        f"corpus: {csv_path} ({len(rows)} rows)",
-        f"skipped rows: {len(errors)}",
-        "raw labels kept: " + ", ".join(f"{k} {v}" for k, v in sorted(_raw_counts(records))),
-    ]
-    _convert(records, output_folder, verbose)
 
+    def split(records: list[dict]) -> Split:
+        return table_split(
+            records,
+            has_split[0],
+            str(csv_path),
+            "the CSV's split column",
+            valid_fraction,
+            test_fraction,
+            seed,
+            allow_speaker_overlap,
+        )
+
+    return prepare_corpus(
+        output_folder,
+        options,
+        label_set,
+        scan,
+        split,
+        data_root=audio_root,
+        on_error=on_error,
+        verbose=verbose,
+    )
+
+
+def table_split(
+    records: list[dict],
+    has_split: bool,
+    source: str,
+    split_origin: str,
+    valid_fraction: float,
+    test_fraction: float,
+    seed: int,
+    allow_speaker_overlap: bool,
+    speakers_known: bool = True,
+    protocol: str = "csv",
+) -> Split:
+    """The split of a table-like corpus (a CSV, a Hugging Face dataset).
+
+    With a split given per record (``record["split"]``), that split, refused when a test
+    speaker is also in train / valid unless ``allow_speaker_overlap``; without, seeded
+    speaker groups (`mtl_ser.data.protocols.speaker_group_split`).
+
+    Args:
+        records: scanned records (``split`` set when ``has_split``).
+        has_split: whether the records come split.
+        source: names the corpus in errors.
+        split_origin: says where the split came from in the summary ("the CSV's split column").
+        valid_fraction, test_fraction, seed: for speaker groups.
+        allow_speaker_overlap: accept a given split that shares speakers.
+        speakers_known: False when there was no speaker information (every record its own
+            speaker): the split is then not claimed to be speaker-independent.
+
+        protocol: the protocol's name in run identities ("csv", "hf").
+
+    Returns: a `Split`, fold 1 of 1.
+    """
     if has_split:
-        raw_splits = {s: [r for r in records if r["split"] == s] for s in SPLITS}
-        test_spk = {r["spk"] for r in raw_splits["test"]}
-        overlap = test_spk & {r["spk"] for r in raw_splits["train"] + raw_splits["valid"]}
+        splits = {s: [r for r in records if r["split"] == s] for s in SPLITS}
+        overlap = speaker_overlap(splits)
         if overlap and not allow_speaker_overlap:
             raise ValueError(
-                f"{csv_path}: test speakers also in train/valid: {sorted(overlap)}; "
+                f"{source}: test speakers also in train/valid: {overlap}; "
                 "fix the split column or pass --allow-speaker-overlap"
             )
-        header.append(
-            "split: from the CSV's split column"
-            + ("; SPEAKER-OVERLAPPING" if overlap else "; speaker-independent")
+        independent = not overlap and speakers_known
+        if overlap:
+            state = "SPEAKER-OVERLAPPING"
+        elif speakers_known:
+            state = "speaker-independent"
+        else:
+            state = "speakers unknown: NOT checked for speaker independence"
+        return Split(splits, protocol, 1, 1, independent, f"split: from {split_origin}; {state}")
+    if not speakers_known:
+        raise ValueError(
+            f"{source}: without speakers a split cannot be made speaker-independent: give a "
+            "speaker column or a split column"
         )
-        speaker_independent = not overlap
-    else:
-        raw_splits = speaker_group_split(records, valid_fraction, test_fraction, seed)
-        header.append(f"split: seeded speaker groups (seed {seed}); speaker-independent")
-        speaker_independent = True
-
-    drop = ("id", "split", "source", "needs_conversion")
-    splits = {
-        s: {r["id"]: {k: v for k, v in r.items() if k not in drop} for r in raw_splits[s]}
-        for s in SPLITS
-    }
-    check_splits(
-        splits,
-        label_set,
-        speaker_independent,
-        roots={"data_root": audio_root.resolve(), "manifest_root": output_folder.resolve()},
+    return Split(
+        speaker_group_split(records, valid_fraction, test_fraction, seed),
+        protocol=protocol,
+        fold=1,
+        folds=1,
+        speaker_independent=True,
+        description=f"split: seeded speaker groups (seed {seed}); speaker-independent",
     )
-    summary = summarize(splits, label_set, header)
-    paths = write_prepared(output_folder, splits, label_set, options, summary)
-    if verbose:
-        print(summary)
-    return paths
-
-
-def _raw_counts(records: list[dict]) -> list[tuple[str, int]]:
-    return sorted(Counter(r["label_raw"] for r in records).items())

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 from scipy.signal import lfilter, resample_poly
-from tqdm import tqdm
 
 from mtl_ser.data.espeak import espeak_version, synthesize
+from mtl_ser.progress import Progress
 
 # Bump whenever the generated files change, so that old corpora are regenerated.
 GENERATOR_VERSION = 1
@@ -593,7 +593,7 @@ def synthesize_demo_corpus(
         for s in arguments["sessions"]
     }
     total = sum(len(turns) for plan in plans.values() for turns in plan.values())
-    with tqdm(total=total, desc="demo corpus", unit="utt", disable=not progress) as bar:
+    with Progress("demo corpus", total=total, unit="utterance", enabled=progress) as bar:
         for session, plan in plans.items():
             session_dir = out / f"Session{session}"
             session_dir.mkdir()

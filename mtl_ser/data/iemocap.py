@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import soundfile
-from tqdm import tqdm
 
 from mtl_ser.data.text import normalize_transcript
+from mtl_ser.progress import track
 
 SESSIONS = (1, 2, 3, 4, 5)
 
@@ -239,7 +239,7 @@ def scan_iemocap(
 
     utterances, bad = [], []
     kept = sorted(set(labels) & set(wavs))
-    for utt_id in tqdm(kept, desc="reading wav headers", disable=not progress, unit="utt"):
+    for utt_id in track(kept, "reading wav headers", unit="utterance", enabled=progress):
         wav = wavs[utt_id]
         info = parse_utterance_id(utt_id)
         if wav.parent.name != info.dialog:

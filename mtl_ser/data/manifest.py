@@ -4,7 +4,9 @@ A prepared folder holds::
 
     train.json valid.json test.json   SpeechBrain JSON: {utt_id: record}
     labels.json                       the class order (mtl_ser.data.labels.LabelSet)
-    prepare_options.json              every option that decided the content
+    prepare_options.json              every option that decided the content, and under
+                                      "split" what the split is (protocol, fold, folds,
+                                      speaker-independent or not), read into run identities
     summary.txt                       what `prepare` printed
     PREPARED                          completion marker, written last
 
@@ -19,6 +21,7 @@ import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from mtl_ser.data.audio import MIN_DURATION, MIN_SAMPLES, SAMPLE_RATE
 from mtl_ser.data.labels import LabelSet
 from mtl_ser.data.protocols import SPLITS
 
@@ -26,7 +29,12 @@ MARKER = "PREPARED"
 OPTIONS_FILE = "prepare_options.json"
 SUMMARY_FILE = "summary.txt"
 # Bumped when the manifest format changes: older folders are then regenerated.
-MANIFEST_FORMAT = 1
+# 2: the "split" facts in prepare_options.json; utterances shorter than MIN_SAMPLES refused.
+MANIFEST_FORMAT = 2
+SPLIT_KEY = "split"
+# Above this many speakers in a split, summaries show the split's totals only (MSP-Podcast has
+# thousands of speakers; its per-speaker table would bury the rest).
+MAX_SUMMARY_SPEAKERS = 40
 
 RECORD_KEYS = ("wav", "duration", "emo", "wrd", "transcript", "spk")
 
@@ -45,7 +53,17 @@ def is_prepared(folder: str | Path, options: dict) -> bool:
     if not all(p.is_file() for p in manifest_paths(folder).values()):
         return False
     stored = json.loads(options_file.read_text())
+    stored.pop(SPLIT_KEY, None)  # a result of the preparation, not one of its options
     return stored == json.loads(json.dumps({**options, "manifest_format": MANIFEST_FORMAT}))
+
+
+def read_split_info(folder: str | Path) -> dict:
+    """The ``split`` facts saved by `write_prepared` ({} for folders prepared without them):
+    ``protocol``, ``fold``, ``folds``, ``speaker_independent``, ``description``."""
+    path = Path(folder) / OPTIONS_FILE
+    if not path.is_file():
+        return {}
+    return dict(json.loads(path.read_text()).get(SPLIT_KEY) or {})
 
 
 def write_prepared(
@@ -54,6 +72,7 @@ def write_prepared(
     label_set: LabelSet,
     options: dict,
     summary: str,
+    split_info: dict | None = None,
 ) -> dict[str, Path]:
     """Writes a prepared folder; the marker is written last, so a crash leaves no marker.
 
@@ -63,6 +82,9 @@ def write_prepared(
         label_set: class order saved as labels.json.
         options: JSON-serialisable preparation options (compared by `is_prepared`).
         summary: text saved as summary.txt.
+        split_info: what the split is (``protocol``, ``fold``, ``folds``,
+            ``speaker_independent``, ``description``), saved under "split" in
+            prepare_options.json; training runs copy it into their identity.
 
     Returns: the manifest paths.
     """
@@ -74,7 +96,10 @@ def write_prepared(
         _write_json_atomic(path, splits[split])
     label_set.save(folder)
     (folder / SUMMARY_FILE).write_text(summary + "\n")
-    _write_json_atomic(folder / OPTIONS_FILE, {**options, "manifest_format": MANIFEST_FORMAT})
+    stored = {**options, "manifest_format": MANIFEST_FORMAT}
+    if split_info is not None:
+        stored[SPLIT_KEY] = split_info
+    _write_json_atomic(folder / OPTIONS_FILE, stored)
     (folder / MARKER).write_text("complete\n")
     return paths
 
@@ -95,7 +120,8 @@ def check_splits(
 
     Checks: ids unique across splits (test disjoint from train and valid); for
     speaker-independent splits, no test speaker in train or valid; every label in the label
-    set; every record has the required keys, a positive duration and an existing wav.
+    set; every record has the required keys, a duration of at least MIN_DURATION (see
+    `check_min_duration`) and an existing wav.
 
     Args:
         splits: ``{split: {utt_id: record}}``.
@@ -129,8 +155,8 @@ def check_splits(
             missing = [k for k in RECORD_KEYS if k not in record]
             if missing:
                 bad_records.append(f"{utt_id}: missing keys {missing}")
-            elif not record["duration"] > 0:
-                bad_records.append(f"{utt_id}: duration {record['duration']}")
+            elif not _long_enough(record["duration"]):
+                bad_records.append(f"{utt_id}: duration {record['duration']} s < {MIN_DURATION} s")
             elif not Path(fill_path(record["wav"], roots)).is_file():
                 bad_records.append(f"{utt_id}: no file {fill_path(record['wav'], roots)}")
     if bad_labels:
@@ -139,6 +165,55 @@ def check_splits(
         problems.append(f"{len(bad_records)} bad record(s): {bad_records[:10]}")
     if problems:
         raise ValueError("manifest invariants violated:\n  " + "\n  ".join(problems))
+
+
+def _long_enough(duration) -> bool:
+    # Durations are stored rounded to 0.1 ms; MIN_SAMPLES samples are exactly MIN_DURATION.
+    return duration is not None and duration >= MIN_DURATION - 1e-9
+
+
+def check_min_duration(records: dict[str, dict], where: str = "manifest") -> None:
+    """Refuses utterances too short for the encoders (fewer than MIN_SAMPLES samples at
+    16 kHz, i.e. MIN_DURATION s: wav2vec2's first convolution and the CNN's STFT window).
+
+    Preparation already refuses or skips them; recipes can call this on manifests made by
+    older versions or by hand, before training rather than at the test pass.
+
+    Args:
+        records: ``{utt_id: record}`` with ``duration`` in seconds.
+        where: names the manifest in the message.
+
+    Raises:
+        ValueError naming every such utterance (the first 10) and the minimum.
+    """
+    short = [
+        f"{utt_id} ({record.get('duration')} s)"
+        for utt_id, record in records.items()
+        if not _long_enough(record.get("duration"))
+    ]
+    if short:
+        more = f" ... (+{len(short) - 10} more)" if len(short) > 10 else ""
+        raise ValueError(
+            f"{where}: {len(short)} utterance(s) shorter than the encoders' minimum of "
+            f"{MIN_DURATION * 1000:g} ms ({MIN_SAMPLES} samples at {SAMPLE_RATE} Hz): "
+            + ", ".join(short[:10])
+            + more
+            + "; prepare the data again (preparation refuses or skips them)"
+        )
+
+
+def speaker_overlap(splits: dict[str, list[dict]] | dict[str, dict[str, dict]]) -> list[str]:
+    """Speakers of the test split that also occur in train or valid, sorted.
+
+    Accepts splits as lists of records or as ``{utt_id: record}`` mappings.
+    """
+
+    def speakers(split):
+        records = split.values() if isinstance(split, dict) else split
+        return {r["spk"] for r in records}
+
+    others = speakers(splits["train"]) | speakers(splits["valid"])
+    return sorted(speakers(splits["test"]) & others)
 
 
 def fill_path(path: str, roots: dict[str, str | Path]) -> str:
@@ -188,7 +263,12 @@ def summarize(splits: dict[str, dict[str, dict]], label_set: LabelSet, header: l
         counts = defaultdict(Counter)
         for r in records:
             counts[r["spk"]][r["emo"]] += 1
-        spk_width = max([8] + [len(s) + 1 for s in counts])
+        if len(counts) > MAX_SUMMARY_SPEAKERS:
+            lines.append(f"  {len(counts)} speakers (per-speaker rows omitted)")
+            shown = {}
+        else:
+            shown = counts
+        spk_width = max([8] + [len(s) + 1 for s in shown])
         lines.append(
             "  "
             + "speaker".ljust(spk_width)
@@ -196,8 +276,9 @@ def summarize(splits: dict[str, dict[str, dict]], label_set: LabelSet, header: l
             + "total".rjust(width + 1)
         )
         totals = Counter()
-        for spk in sorted(counts):
-            totals.update(counts[spk])
+        for spk in counts.values():
+            totals.update(spk)
+        for spk in sorted(shown):
             lines.append(
                 "  "
                 + spk.ljust(spk_width)

@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
+from mtl_ser.data.corpora.base import Scan, Split, prepare_corpus
 from mtl_ser.data.iemocap import Utterance, check_full_release, scan_iemocap
 from mtl_ser.data.labels import iemocap_label_set
-from mtl_ser.data.manifest import check_splits, is_prepared, summarize, write_prepared
-from mtl_ser.data.protocols import SPEAKER_INDEPENDENT, SplitOptions, assign_splits, describe
-from mtl_ser.data.text import NORMALIZATION_VERSION, normalize_transcript
+from mtl_ser.data.protocols import (
+    PROTOCOL_FOLDS,
+    SPEAKER_INDEPENDENT,
+    SplitOptions,
+    assign_splits,
+    describe,
+)
 
 
-def utterance_record(u: Utterance, label: str) -> dict:
-    """The manifest record of one utterance (see README, "Manifests")."""
-    wrd = normalize_transcript(u.transcript)
+def scanned_record(u: Utterance, root: Path) -> dict:
+    """The scanned record of one utterance (see `mtl_ser.data.corpora.base`); its manifest
+    record is described in the README ("Data")."""
     return {
-        "wav": "{data_root}/" + u.wav,
-        "duration": u.duration,
-        "emo": label,
+        "id": u.id,
+        "source": root / u.wav,
+        "where": u.wav,
         "label_raw": u.label_raw,
-        "wrd": wrd,
         "transcript": u.transcript,
-        # False when nothing is left after normalisation: kept for SER, skipped by WER/CTC.
-        "has_text": bool(wrd),
         "spk": u.spk,
         "gender": u.gender,
         "session": u.session,
@@ -42,6 +43,7 @@ def prepare_iemocap(
     valid_fraction: float = 0.1,
     valid_speaker: str | None = None,
     seed: int = 1234,
+    on_error: str = "fail",
     verbose: bool = True,
 ) -> dict[str, Path]:
     """Writes train/valid/test manifests of one fold of an IEMOCAP copy.
@@ -52,6 +54,8 @@ def prepare_iemocap(
         protocol, fold, valid_strategy, valid_fraction, valid_speaker, seed: see
             `mtl_ser.data.protocols.SplitOptions`.
         keep_exc_apart: keep ``exc`` as its own class instead of merging it into ``hap``.
+        on_error: "fail" or "skip" for wavs with non-finite samples or too short for the
+            encoders (see `mtl_ser.data.corpora.base.prepare_corpus`).
         verbose: print the summary (and the skip notice).
 
     Returns:
@@ -63,50 +67,37 @@ def prepare_iemocap(
     split_options = SplitOptions(
         protocol, int(fold), valid_strategy, float(valid_fraction), valid_speaker, int(seed)
     ).resolved()
-    label_set = iemocap_label_set(keep_exc_apart)
+    root = Path(data_folder)
     options = {
         "corpus": "iemocap",
-        "data_folder": str(Path(data_folder).resolve()),
+        "data_folder": str(root.resolve()),
         **split_options.to_dict(),
-        "labels": label_set.to_dict(),
-        "normalization": NORMALIZATION_VERSION,
     }
-    output_folder = Path(output_folder)
-    if is_prepared(output_folder, options):
-        if verbose:
-            print(f"{output_folder}: already prepared with the same options, skipping")
-        return {s: output_folder / f"{s}.json" for s in ("train", "valid", "test")}
 
-    utterances, report = scan_iemocap(data_folder, progress=verbose)
-    header = [describe(split_options), *report.lines(), *check_full_release(utterances, report)]
-    records, dropped = [], Counter()
-    for u in utterances:
-        label = label_set.map(u.label_raw)
-        if label is None:
-            dropped[u.label_raw] += 1
-        else:
-            records.append({"id": u.id, **utterance_record(u, label)})
-    header.append(
-        f"kept {len(records)} utterances in classes {list(label_set.classes)}"
-        + (f" (merged: {label_set.merge})" if label_set.merge else "")
-        + "; dropped (label outside the set): "
-        + (", ".join(f"{k} {v}" for k, v in sorted(dropped.items())) or "none")
-    )
-    no_text = sum(not r["has_text"] for r in records)
-    header.append(f"utterances with no text after normalisation (kept for SER, no WER): {no_text}")
+    def scan() -> Scan:
+        utterances, report = scan_iemocap(root, progress=verbose)
+        lines = [*report.lines(), *check_full_release(utterances, report)]
+        return Scan(
+            [scanned_record(u, root) for u in utterances], lines, source=str(root), what="file"
+        )
 
-    splits = {
-        name: {r.pop("id"): r for r in split}
-        for name, split in assign_splits(records, split_options).items()
-    }
-    check_splits(
-        splits,
-        label_set,
-        speaker_independent=split_options.protocol in SPEAKER_INDEPENDENT,
-        roots={"data_root": Path(data_folder).resolve(), "manifest_root": output_folder.resolve()},
+    def split(records: list[dict]) -> Split:
+        return Split(
+            assign_splits(records, split_options),
+            protocol=split_options.protocol,
+            fold=split_options.fold,
+            folds=PROTOCOL_FOLDS[split_options.protocol],
+            speaker_independent=split_options.protocol in SPEAKER_INDEPENDENT,
+            description=describe(split_options),
+        )
+
+    return prepare_corpus(
+        output_folder,
+        options,
+        iemocap_label_set(keep_exc_apart),
+        scan,
+        split,
+        data_root=root,
+        on_error=on_error,
+        verbose=verbose,
     )
-    summary = summarize(splits, label_set, header)
-    paths = write_prepared(output_folder, splits, label_set, options, summary)
-    if verbose:
-        print(summary)
-    return paths

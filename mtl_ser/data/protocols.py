@@ -235,3 +235,36 @@ def speaker_group_split(
     for record in sorted(records, key=lambda r: r["id"]):
         splits[split_of.get(record["spk"], "train")].append(record)
     return splits
+
+
+def speaker_folds(
+    speakers: dict[str, str | None], folds: int, fold: int
+) -> tuple[set[str], set[str]]:
+    """Deals speakers into ``folds`` speaker-disjoint folds, balanced by gender where known.
+
+    Speakers are sorted by (gender, id) and dealt round robin, the counter running on across
+    genders, so every fold gets the same number of speakers (give or take one) and of each
+    gender (give or take one). Deterministic: no seed. Fold k tests on its speakers and
+    validates on the speakers of fold k + 1 (cyclically); the rest trains.
+
+    Args:
+        speakers: speaker id -> gender ("F", "M" or None when unknown).
+        folds: number of folds, at least 3 (train, valid and test each need a fold).
+        fold: 1-based fold number.
+
+    Returns: (test speakers, validation speakers).
+
+    Raises: ValueError for a fold out of range or fewer speakers than folds.
+    """
+    if folds < 3:
+        raise ValueError(f"actor folds need at least 3 folds (test, valid, train), got {folds}")
+    if not 1 <= fold <= folds:
+        raise ValueError(f"fold {fold} out of range 1..{folds}")
+    if len(speakers) < folds:
+        raise ValueError(f"{len(speakers)} speaker(s) cannot fill {folds} folds")
+    order = sorted(speakers, key=lambda s: (speakers[s] or "", s))
+    fold_of = {spk: i % folds + 1 for i, spk in enumerate(order)}
+    valid_fold = fold % folds + 1
+    test = {s for s, k in fold_of.items() if k == fold}
+    valid = {s for s, k in fold_of.items() if k == valid_fold}
+    return test, valid

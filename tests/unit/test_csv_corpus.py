@@ -1,7 +1,9 @@
 """Bring-your-own CSV corpora: row checks, conversion to 16 kHz mono, splits."""
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile
 
@@ -149,3 +151,114 @@ def test_cli_prepare_csv(tmp_path):
         main([*args, "--output-folder", str(tmp_path / "out"), "--labels", "neu,hap,ang,sad"]) == 0
     )
     assert (tmp_path / "out/PREPARED").is_file()
+
+
+# ------------------------------------------------------------ hostile input (issue 14)
+def test_paths_leaving_the_audio_root_are_refused_and_nothing_is_written_outside(
+    tmp_path, monkeypatch
+):
+    work = tmp_path / "l1" / "l2" / "work"
+    (work / "a").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    write_wav(tmp_path / "l1" / "far.wav", seconds=0.3, rate=44100)  # needs conversion
+    for s in range(4):
+        write_wav(work / "a" / f"s{s}.wav", seconds=0.3)
+    rows = [f"s{s}.wav,neu,,spk{s}" for s in range(4)] + ["../../../far.wav,ang,,spk0"]
+    Path("c.csv").write_text("path,emotion,transcript,speaker\n" + "\n".join(rows) + "\n")
+    before = {p for p in tmp_path.rglob("*")}
+    with pytest.raises(ValueError, match=r"line 6 \(../../../far.wav\): path leads outside"):
+        prepare_csv("c.csv", "a", "o", verbose=False)
+    assert {p for p in tmp_path.rglob("*")} == before  # nothing written anywhere
+    # The explicit opt-in: the converted copy still lands inside the output folder.
+    paths = prepare_csv("c.csv", "a", "o", allow_outside_root=True, verbose=False)
+    written = {p for p in tmp_path.rglob("*")} - before
+    assert written and all(p.resolve().is_relative_to((work / "o").resolve()) for p in written)
+    records = {k: v for p in paths.values() for k, v in read(p).items()}
+    far = [r for r in records.values() if r["emo"] == "ang"][0]
+    assert far["wav"].startswith("{manifest_root}/audio_16k/")
+
+
+def test_non_finite_audio_is_refused_naming_the_file(tmp_path):
+    root = tmp_path / "audio"
+    csv_path, _ = make_corpus(root)
+    data = np.full(4800, 0.01, dtype=np.float32)
+    data[100], data[200] = np.nan, np.inf
+    soundfile.write(str(root / "spk1/utt2.wav"), data, 16000, subtype="FLOAT")
+    with pytest.raises(ValueError) as err:
+        prepare_csv(csv_path, root, tmp_path / "out", verbose=False)
+    assert "1 bad row(s)" in str(err.value)
+    assert "line 8 (spk1/utt2.wav): non-finite audio: 2 sample(s) are NaN or infinite" in str(
+        err.value
+    )
+    paths = prepare_csv(csv_path, root, tmp_path / "out", on_error="skip", verbose=False)
+    assert "spk1/utt2" not in {k for p in paths.values() for k in read(p)}
+
+
+def test_an_unquoted_comma_in_a_transcript_is_an_error(tmp_path):
+    root = tmp_path / "audio"
+    csv_path, _ = make_corpus(root)
+    text = csv_path.read_text().replace(
+        "spk2/utt1.wav,hap,hello number 1,spk2", "spk2/utt1.wav,hap,Oh, no,spk2"
+    )
+    csv_path.write_text(text + 'spk3/utt9.wav,neu,"Oh, yes",spk3\n')
+    write_wav(root / "spk3/utt9.wav", seconds=0.3)
+    with pytest.raises(ValueError) as err:
+        prepare_csv(csv_path, root, tmp_path / "out", verbose=False)
+    message = str(err.value)
+    assert "1 bad row(s)" in message  # the quoted comma on line 22 is fine
+    assert "line 11 (spk2/utt1.wav): 5 fields where the header has 4 (an unquoted comma" in message
+
+
+def test_clips_too_short_for_the_encoders_are_refused(tmp_path):
+    from mtl_ser.data.audio import MIN_DURATION, MIN_SAMPLES
+
+    assert (MIN_SAMPLES, MIN_DURATION) == (400, 0.025)  # wav2vec2's first window, 25 ms
+    root = tmp_path / "audio"
+    csv_path, _ = make_corpus(root)
+    soundfile.write(str(root / "spk0/utt1.wav"), np.full(399, 0.1, np.float32), 16000)
+    soundfile.write(str(root / "spk0/utt2.wav"), np.full(400, 0.1, np.float32), 16000)
+    soundfile.write(str(root / "spk0/utt3.wav"), np.full(200, 0.1, np.float32), 8000)  # 25 ms
+    with pytest.raises(ValueError) as err:
+        prepare_csv(csv_path, root, tmp_path / "out", verbose=False)
+    assert "1 bad row(s)" in str(err.value)
+    assert (
+        "line 3 (spk0/utt1.wav): too short (24.9 ms); the encoders need at least 25 ms "
+        "(400 samples at 16000 Hz)" in str(err.value)
+    )
+
+
+def test_check_min_duration_names_short_utterances():
+    from mtl_ser.data.manifest import check_min_duration
+
+    check_min_duration({"a": {"duration": 0.025}, "b": {"duration": 3.0}})
+    with pytest.raises(ValueError, match=r"test.json: 2 utterance\(s\) shorter than .* 25 ms"):
+        check_min_duration(
+            {"a": {"duration": 0.0249}, "b": {"duration": 1.0}, "c": {"duration": 0.001}},
+            "test.json",
+        )
+
+
+def test_progress_is_one_line_per_loop_off_a_terminal(tmp_path, capsys):
+    root = tmp_path / "audio"
+    csv_path, _ = make_corpus(root)
+    write_wav(root / "spk0/utt0.wav", seconds=0.3, rate=44100)
+    prepare_csv(csv_path, root, tmp_path / "out", verbose=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("checking audio: 20 files in ")
+    assert lines[1].startswith("converting to 16 kHz mono: 1 file in ")
+
+
+def test_run_identity_carries_speaker_independence(tmp_path):
+    from mtl_ser.experiment import run_identity
+
+    root = tmp_path / "audio"
+    csv_path, _ = make_corpus(root)
+    paths = prepare_csv(csv_path, root, tmp_path / "out", verbose=False)
+    hparams = {"train_annotation": str(paths["train"]), "recipe": "mtl", "alpha": 0.1}
+    hparams.update(protocol="loso", fold=3, seed=7, encoder_name="random:tiny")
+    identity = run_identity(hparams, LabelSet.load(tmp_path / "out"))
+    assert (identity["protocol"], identity["fold"], identity["folds"]) == ("csv", 1, 1)
+    assert identity["speaker_independent"] is True

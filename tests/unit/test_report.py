@@ -122,6 +122,7 @@ def test_report_files(runs_folder, tmp_path):
         "summary.md",
         "summary.csv",
         "runs.csv",
+        "paired.csv",
         "alpha_ablation.png",
         "confusion_mtl_loso_alpha0.png",
         "confusion_mtl_loso_alpha0.1.png",
@@ -193,3 +194,21 @@ def test_cli(runs_folder, tmp_path, capsys):
     assert main(["report", str(runs_folder), str(tmp_path / "other")]) == 2
     assert "runs differ in labels" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def test_speaker_independence_comes_from_the_runs(tmp_path):
+    # A CSV corpus split by speakers is speaker-independent: not labelled overlapping.
+    write_run(tmp_path / "a", protocol="csv", fold=1, folds=1, speaker_independent=True)
+    write_run(tmp_path / "b", protocol="hf", fold=1, folds=1, speaker_independent=False)
+    write_run(tmp_path / "c", protocol="loso-on-ravdess_test", fold=1, speaker_independent=None)
+    rows = aggregate(find_results([tmp_path]))
+    assert {r.protocol: (r.expected, r.complete) for r in rows} == {
+        "csv": (1, True),
+        "hf": (1, True),
+        "loso-on-ravdess_test": (None, False),
+    }
+    write_report([tmp_path], tmp_path / "report")
+    markdown = (tmp_path / "report/summary.md").read_text()
+    assert "| mtl | csv | 0.1 | 1 | 1/1 |" in markdown
+    assert "| mtl | hf (speaker-overlapping) | 0.1 |" in markdown
+    assert "| mtl | loso-on-ravdess_test (speakers not checked) | 0.1 |" in markdown

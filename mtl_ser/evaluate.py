@@ -1,0 +1,317 @@
+"""`mtl-ser evaluate`: a trained or exported model on any labelled set, without retraining.
+
+    mtl-ser evaluate MODEL DATA --output DIR [--label-map src=dst,...] [--drop-unmapped]
+
+DATA is a prepared manifest (``test.json`` of any `mtl-ser prepare` folder; its
+``labels.json`` gives the set's classes) or a CSV with columns ``path, emotion`` and
+optionally ``transcript`` (paths relative to ``--audio-root``, default the CSV's folder).
+Every utterance is scored whole, as in a recipe's test pass, and DIR gets the same files:
+``results.json``, ``predictions.csv`` and ``confusion_matrix.png``.
+
+Labels are matched by name. A data label that is not one of the model's classes must be
+mapped explicitly (``--label-map cal=neu``) or excluded explicitly (``--drop-unmapped``,
+counted in results.json); otherwise the evaluation stops naming it. A map entry naming a
+class the model lacks, or a label the data lacks, is an error too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+import mtl_ser
+from mtl_ser.data.labels import LabelSet
+from mtl_ser.data.manifest import OPTIONS_FILE, load_manifest, read_split_info
+from mtl_ser.data.protocols import PROTOCOL_FOLDS
+from mtl_ser.data.text import normalize_transcript
+from mtl_ser.results import PredictionLog, write_run_outputs
+
+# Files scored per call of the model (their waveforms are held in memory at once).
+CHUNK = 64
+
+
+def parse_label_map(text: str | None) -> dict[str, str]:
+    """``"cal=neu,exc=hap"`` -> {"cal": "neu", "exc": "hap"}; raises ValueError for a
+    malformed entry or a label mapped twice."""
+    mapping = {}
+    for entry in (text or "").split(","):
+        if not entry.strip():
+            continue
+        src, sep, dst = entry.partition("=")
+        if not sep or not src.strip() or not dst.strip():
+            raise ValueError(f"--label-map entry {entry!r} is not of the form src=dst")
+        if src.strip() in mapping:
+            raise ValueError(f"--label-map maps {src.strip()!r} twice")
+        mapping[src.strip()] = dst.strip()
+    return mapping
+
+
+def read_items(
+    data: str | Path, data_folder: str | Path | None = None, audio_root: str | Path | None = None
+) -> tuple[list[dict], list[str], dict]:
+    """Reads the utterances of a manifest or a CSV.
+
+    Returns: (items ``{"id", "wav", "label", "wrd", "has_text", "scripted"}``, bad rows of a
+    CSV (named), facts about the set: ``{"kind", "corpus", "labels", "name"}``).
+    """
+    data = Path(data)
+    if not data.is_file():
+        raise FileNotFoundError(f"no manifest or CSV at {data}")
+    if data.suffix.lower() == ".json":
+        return _manifest_items(data, data_folder)
+    if data.suffix.lower() == ".csv":
+        return _csv_items(data, Path(audio_root) if audio_root else data.parent)
+    raise ValueError(f"{data}: expected a manifest (.json) or a CSV (.csv)")
+
+
+def _manifest_items(path: Path, data_folder) -> tuple[list[dict], list[str], dict]:
+    folder = path.parent
+    options_path = folder / OPTIONS_FILE
+    options = json.loads(options_path.read_text()) if options_path.is_file() else {}
+    root = data_folder or options.get("data_folder") or options.get("audio_root")
+    records = load_manifest(path, root)
+    unresolved = [k for k, r in records.items() if "{data_root}" in r["wav"]]
+    if unresolved:
+        raise ValueError(
+            f"{path}: wav paths start with {{data_root}} and the corpus folder is unknown; "
+            "give --data-folder"
+        )
+    labels = list(LabelSet.load(folder).classes) if (folder / "labels.json").is_file() else None
+    items = [
+        {
+            "id": utt_id,
+            "wav": r["wav"],
+            "label": r["emo"],
+            "wrd": r.get("wrd", ""),
+            "has_text": bool(r.get("has_text", r.get("wrd"))),
+            "scripted": r.get("scripted"),
+        }
+        for utt_id, r in sorted(records.items())
+    ]
+    corpus = options.get("corpus") or "manifest"
+    facts = {
+        "kind": "manifest",
+        "corpus": corpus,
+        "labels": labels,
+        "name": f"{corpus}_{path.stem}",
+        "split": read_split_info(folder),
+    }
+    return items, [], facts
+
+
+def _csv_items(path: Path, audio_root: Path) -> tuple[list[dict], list[str], dict]:
+    from mtl_ser.data.csv_corpus import (
+        RowError,
+        field_count_error,
+        read_rows,
+        resolve_row_path,
+        row_where,
+    )
+
+    rows, header = read_rows(path, required=("path", "emotion"))
+    items, errors, seen = [], [], set()
+    for row in rows:
+        try:
+            wrong = field_count_error(row, header)
+            if wrong:
+                raise RowError(f"{row_where(row)}: {wrong}")
+            if not row.get("emotion"):
+                raise RowError(f"{row_where(row)}: empty emotion label")
+            source, utt_id = resolve_row_path(row, audio_root, allow_outside_root=True)
+            if utt_id in seen:
+                raise RowError(f"{row_where(row)}: listed twice")
+        except RowError as err:
+            errors.append(str(err))
+            continue
+        seen.add(utt_id)
+        wrd = normalize_transcript(row.get("transcript", ""))
+        items.append(
+            {
+                "id": utt_id,
+                "wav": str(source),
+                "label": row["emotion"],
+                "wrd": wrd,
+                "has_text": bool(wrd),
+                "scripted": None,
+                "where": row_where(row),
+            }
+        )
+    facts = {"kind": "csv", "corpus": "csv", "labels": None, "name": path.stem, "split": {}}
+    return items, errors, facts
+
+
+def resolve_labels(
+    data_labels: list[str], model_labels: tuple[str, ...], label_map: dict, drop_unmapped: bool
+) -> tuple[dict[str, str], list[str]]:
+    """Maps each data label to a model class.
+
+    Args:
+        data_labels: the labels of the set (its label set, or those found in a CSV).
+        model_labels: the model's classes.
+        label_map: explicit src -> dst entries.
+        drop_unmapped: exclude data labels without a counterpart instead of failing.
+
+    Returns: ({data label: model class}, data labels excluded).
+
+    Raises: ValueError naming map entries whose class the model lacks or whose label the
+    data lacks, and (without ``drop_unmapped``) data labels without counterpart.
+    """
+    bad_dst = {s: d for s, d in label_map.items() if d not in model_labels}
+    if bad_dst:
+        raise ValueError(
+            f"--label-map targets {bad_dst} are not classes of the model {list(model_labels)}"
+        )
+    unused = [s for s in label_map if s not in data_labels]
+    if unused:
+        raise ValueError(f"--label-map sources {unused} are not labels of the data {data_labels}")
+    mapping, unmapped = {}, []
+    for label in data_labels:
+        target = label_map.get(label, label)
+        if target in model_labels:
+            mapping[label] = target
+        else:
+            unmapped.append(label)
+    if unmapped and not drop_unmapped:
+        raise ValueError(
+            f"data label(s) {unmapped} have no counterpart among the model's classes "
+            f"{list(model_labels)}: map them (--label-map {unmapped[0]}=<class>) or exclude "
+            "them (--drop-unmapped)"
+        )
+    return mapping, unmapped
+
+
+def _set_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "set"
+
+
+def evaluate(
+    model_path: str | Path,
+    data: str | Path,
+    output: str | Path,
+    label_map: dict[str, str] | None = None,
+    drop_unmapped: bool = False,
+    data_folder: str | Path | None = None,
+    audio_root: str | Path | None = None,
+    name: str | None = None,
+    on_error: str = "fail",
+    batch_size: int = 8,
+    device: str = "cpu",
+    verbose: bool = True,
+) -> dict:
+    """Scores a model on a labelled set and writes a recipe's test outputs (module docstring).
+
+    Args:
+        model_path: an exported model folder or a training run folder.
+        data: a manifest ``.json`` or a ``.csv`` (path, emotion, [transcript]).
+        output: the folder for results.json, predictions.csv and confusion_matrix.png.
+        label_map: data label -> model class, for labels whose names differ.
+        drop_unmapped: exclude (and count) utterances whose label has no counterpart.
+        data_folder: the corpus folder for a manifest's ``{data_root}`` (default: the one
+            saved with the manifest).
+        audio_root: where a CSV's relative paths start (default: the CSV's folder).
+        name: the set's name in the identity (default: ``<corpus>_<split>`` or the CSV's
+            name); the results' ``protocol`` is ``<training protocol>-on-<name>``.
+        on_error: "fail" or "skip" bad CSV rows and files that cannot be scored.
+        batch_size, device: for the model.
+        verbose: progress and a summary line.
+
+    Returns: the results dict written to results.json.
+    """
+    from mtl_ser.inference import load_model
+    from mtl_ser.progress import Progress
+
+    if on_error not in ("fail", "skip"):
+        raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+    items, errors, facts = read_items(data, data_folder, audio_root)
+    # The whole utterance at once, as in a recipe's test pass.
+    recognizer = load_model(model_path, window=math.inf, device=device)
+    model_labels = tuple(recognizer.labels)
+    data_labels = facts["labels"] or sorted({i["label"] for i in items})
+    strays = sorted({i["label"] for i in items} - set(data_labels))
+    if strays:
+        raise ValueError(f"{data}: labels {strays} are not in its labels.json {data_labels}")
+    mapping, _ = resolve_labels(data_labels, model_labels, label_map or {}, drop_unmapped)
+    excluded = Counter(i["label"] for i in items if i["label"] not in mapping)
+    items = [i for i in items if i["label"] in mapping]
+
+    log = PredictionLog(model_labels)
+    with Progress("scoring", total=len(items), unit="utterance", enabled=verbose) as bar:
+        for start in range(0, len(items), CHUNK):
+            chunk = items[start : start + CHUNK]
+            predictions = recognizer.predict_batch([i["wav"] for i in chunk], batch_size)
+            done = []
+            for item, p in zip(chunk, predictions, strict=True):
+                if p.error:
+                    errors.append(f"{item.get('where', item['id'])}: {p.error}")
+                else:
+                    done.append((item, p))
+            bar.update(len(chunk))
+            if not done:
+                continue
+            probs = torch.tensor([[p.probabilities[c] for c in model_labels] for _, p in done])
+            log.add_batch(
+                [i["id"] for i, _ in done],
+                torch.log(probs.clamp_min(1e-12)),  # softmax(log p) = p
+                torch.tensor([model_labels.index(mapping[i["label"]]) for i, _ in done]),
+                [i["wrd"] for i, _ in done],
+                None if not recognizer.has_ctc else [p.transcript or "" for _, p in done],
+                [i["has_text"] for i, _ in done],
+                [i["scripted"] for i, _ in done],
+            )
+    if errors and on_error == "fail":
+        raise ValueError(
+            f"{data}: {len(errors)} utterance(s) cannot be scored (use --on-error skip to "
+            "skip them):\n  " + "\n  ".join(errors)
+        )
+    for error in errors:
+        print(f"skipped {error}")
+    if not log.rows:
+        raise ValueError(f"{data}: no utterance left to score")
+
+    trained = (recognizer.model.info or {}).get("results") or {}
+    set_name = _set_name(name or facts["name"])
+    identity = {
+        "recipe": trained.get("recipe", "unknown"),
+        "alpha": trained.get("alpha"),
+        "protocol": f"{trained.get('protocol', 'unknown')}-on-{set_name}",
+        "fold": trained.get("fold"),
+        "folds": trained.get("folds") or PROTOCOL_FOLDS.get(trained.get("protocol")),
+        "seed": trained.get("seed"),
+        "encoder": trained.get("encoder"),
+        "corpus": facts["corpus"],
+        # The model's test speakers are not compared with this set's: not claimed.
+        "speaker_independent": None,
+        "labels": list(model_labels),
+        "mtl_ser_version": mtl_ser.__version__,
+        "evaluation": {
+            "model": str(Path(model_path).resolve()),
+            "data": str(Path(data).resolve()),
+            "set": set_name,
+            "data_labels": list(data_labels),
+            "label_map": {k: v for k, v in mapping.items() if k != v},
+            "excluded_unmapped": dict(sorted(excluded.items())),
+            "skipped": len(errors),
+            "trained_protocol": trained.get("protocol"),
+            "trained_corpus": trained.get("corpus"),
+            "data_split": facts.get("split") or None,
+        },
+    }
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    results = write_run_outputs(output, identity, log, [])
+    if verbose:
+        dropped = sum(excluded.values())
+        print(
+            f"{len(log.rows)} utterances of {set_name}: WA {results['wa']:.1%}  "
+            f"UA {results['ua']:.1%}  macro-F1 {results['macro_f1']:.1%}"
+            + ("" if results.get("wer") is None else f"  WER {results['wer']:.3f}")
+            + (f"; excluded (unmapped labels): {dict(excluded)}" if dropped else "")
+            + (f"; skipped: {len(errors)}" if errors else "")
+            + f"; written to {output}"
+        )
+    return results
