@@ -354,6 +354,8 @@ class EmotionBrain(sb.Brain):
     def on_evaluate_start(self, max_key=None, min_key=None):
         """Loads the checkpoint chosen by ``checkpoint_selection`` (keys passed by callers
         are ignored: the selection is this run's); refuses to test an untrained model."""
+        # How training went, read before loading the chosen checkpoint rewinds the counter.
+        self.training_state = self.hparams.epoch_counter.state()
         self.tested_checkpoint = self.checkpointer.recover_if_possible(
             importance_key=selection_key(self.hparams.checkpoint_selection),
             ckpt_predicate=has_valid_metrics,
@@ -435,15 +437,14 @@ class EmotionBrain(sb.Brain):
         )
         if not if_main_process():
             return
-        counter = self.hparams.epoch_counter
         identity = {
             **self.identity,
             **self.objective.describe(),
             "checkpoint_selection": self.hparams.checkpoint_selection,
             "best_epoch": tested.meta["epoch"],
             "valid_ua": tested.meta["UA"],
-            "epochs_trained": counter.current,
-            "stopped_early": counter.should_stop,
+            "epochs_trained": self.training_state["current"],
+            "stopped_early": self.training_state["should_stop"],
         }
         self.results = write_run_outputs(
             self.hparams.output_folder, identity, self.predictions, self._read_epoch_log()

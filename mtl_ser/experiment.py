@@ -165,7 +165,8 @@ def lock_run_folder(output_folder: str | Path) -> RunLock | None:
     """Takes the run folder's lock on the main process (held until the process ends), so a
     second run into the same folder stops with `RunLockedError` instead of deleting the
     first one's checkpoints. Returns the lock (None on other processes)."""
-    if not sb.utils.distributed.if_main_process():
+    # Before the process group exists, so the rank comes from the launcher's environment.
+    if sb.utils.distributed.get_rank() not in (None, 0):
         return None
     return RunLock(output_folder).acquire()
 

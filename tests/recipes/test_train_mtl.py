@@ -1,15 +1,19 @@
 """Smoke runs of the multi-task and SER-only recipes on the demo corpus (tiny encoder)."""
 
 import csv
+import json
 import os
 import signal
 import subprocess
 import time
 
 import pytest
-import yaml
+import torch
+from hyperpyyaml import load_hyperpyyaml
 
+from mtl_ser.data.prepare import prepare_iemocap
 from mtl_ser.data.text import CharVocabulary
+from mtl_ser.experiment import parse_arguments
 from tests.recipes.helpers import ROOT, epoch_log, read_json, recipe_command, run_recipe
 
 RESULT_KEYS = {
@@ -60,7 +64,7 @@ def test_mtl_writes_complete_results(mtl_run):
     assert CharVocabulary.load(out / "vocab.json") == CharVocabulary()
 
 
-def test_mtl_logs_each_task_and_chooses_on_validation(mtl_run):
+def test_mtl_logs_each_task(mtl_run):
     out, _ = mtl_run
     log = epoch_log(out)
     assert [e["epoch"] for e in log] == [1, 2]
@@ -79,13 +83,56 @@ def test_mtl_logs_each_task_and_chooses_on_validation(mtl_run):
         assert entry["train_loss"] == pytest.approx(
             entry["train_loss_emo"] + 0.1 * entry["train_loss_ctc"], rel=1e-5
         )
+        assert entry["train_nonfinite_batches"] == 0
     results = read_json(out / "results.json")
-    best = max(log, key=lambda e: e["valid_ua"])
-    assert results["valid_ua"] == best["valid_ua"]
-    # Every checkpoint carries validation metrics only.
-    valid_uas = {e["valid_ua"] for e in log}
-    for meta in (out / "save").glob("CKPT*/CKPT.yaml"):
-        assert yaml.safe_load(meta.read_text())["UA"] in valid_uas
+    assert (results["ctc_reduction"], results["ctc_sum_utterances"]) == ("sum", 2)
+    assert results["checkpoint_selection"] == "best_valid"
+
+
+LABELS = ["neu", "hap", "ang", "sad"]
+SHIFT = {label: LABELS[(i + 1) % 4] for i, label in enumerate(LABELS)}
+
+
+def test_checkpoint_is_chosen_on_validation_where_validation_and_test_disagree(
+    demo_corpus, tmp_path
+):
+    """Validation = the test recordings under other ids with every label shifted to the next
+    class: an epoch's validation UA is then computable from the test confusion matrix of the
+    same model, and it rewards what test punishes. The tested checkpoint must be the epoch
+    with the best validation UA (the earliest among ties), recognisable by that identity."""
+    paths = prepare_iemocap(demo_corpus, tmp_path / "manifests", verbose=False)
+    test = read_json(paths["test"])
+    shifted = {f"copy_{utt}": {**r, "emo": SHIFT[r["emo"]]} for utt, r in test.items()}
+    (tmp_path / "manifests/valid.json").write_text(json.dumps(shifted))
+    out = tmp_path / "run"
+    manifests = [f"--{split}_annotation={paths[split]}" for split in ("train", "valid", "test")]
+    args = ("--number_of_epochs=4", "--skip_prep=True", *manifests)
+    run_recipe("train_ser.py", "ser.yaml", demo_corpus, out, *args)
+    log = epoch_log(out)
+    valid_uas = [e["valid_ua"] for e in log]
+    assert len(set(valid_uas)) > 1, "validation UA flat: the test would prove nothing"
+    chosen = read_json(out / "results.json")
+    assert chosen["best_epoch"] == 1 + valid_uas.index(max(valid_uas))
+    assert chosen["valid_ua"] == max(valid_uas)
+    assert shifted_ua(chosen) == pytest.approx(max(valid_uas), abs=1e-12)
+
+    # The same run tested from its last epoch instead (no training: it is finished).
+    run_recipe("train_ser.py", "ser.yaml", demo_corpus, out, *args, "--checkpoint_selection=last")
+    last = read_json(out / "results.json")
+    assert (last["best_epoch"], last["epochs_trained"]) == (4, 4)
+    assert shifted_ua(last) == pytest.approx(valid_uas[-1], abs=1e-12)
+
+
+def shifted_ua(results: dict) -> float:
+    """The UA the shifted validation set gives the model of a test pass: for each true class
+    c, the share of its test utterances predicted as the next class."""
+    matrix = results["confusion_matrix"]
+    recalls = [
+        matrix[i][LABELS.index(SHIFT[c])] / sum(matrix[i])
+        for i, c in enumerate(results["labels"])
+        if sum(matrix[i])
+    ]
+    return sum(recalls) / len(recalls)
 
 
 def test_finished_run_is_not_trained_again(mtl_run, demo_corpus):
@@ -97,9 +144,13 @@ def test_finished_run_is_not_trained_again(mtl_run, demo_corpus):
     assert after["wa"] == before["wa"] and after["confusion_matrix"] == before["confusion_matrix"]
 
 
-def test_interrupted_run_resumes_from_its_checkpoint(demo_corpus, tmp_path):
+def test_run_killed_mid_training_resumes_to_the_uninterrupted_result(
+    mtl_run, demo_corpus, tmp_path
+):
+    """kill -9 after the first checkpoint, re-run the same command: the same epochs, losses,
+    chosen checkpoint and test results, bit for bit, as the uninterrupted run (mtl_run)."""
     out = tmp_path / "run"
-    command = recipe_command("train_mtl.py", "mtl.yaml", demo_corpus, out, "--number_of_epochs=3")
+    command = recipe_command("train_mtl.py", "mtl.yaml", demo_corpus, out, "--number_of_epochs=2")
     process = subprocess.Popen(
         command,
         cwd=ROOT,
@@ -107,25 +158,40 @@ def test_interrupted_run_resumes_from_its_checkpoint(demo_corpus, tmp_path):
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while not list((out / "save").glob("CKPT*/COMPLETE")) and time.time() < deadline:
-        time.sleep(0.1)
+        time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)  # as a crash or a pre-empted job would
     process.wait()
     assert not (out / "results.json").exists()
-    saved = [
-        yaml.safe_load((c / "CKPT.yaml").read_text())["epoch"]
-        for c in (out / "save").glob("CKPT*")
-        if (c / "COMPLETE").is_file()
-    ]
-    assert saved and max(saved) < 3
+    assert [e["epoch"] for e in epoch_log(out)] == [1]
 
-    done = run_recipe("train_mtl.py", "mtl.yaml", demo_corpus, out, "--number_of_epochs=3")
+    done = run_recipe("train_mtl.py", "mtl.yaml", demo_corpus, out, "--number_of_epochs=2")
     logged = done.stdout + done.stderr
-    assert "Going into epoch 1\n" not in logged
-    assert f"Going into epoch {max(saved) + 1}" in logged
-    assert [e["epoch"] for e in epoch_log(out)][-1] == 3
-    assert read_json(out / "results.json")["num_utterances"] == 53
+    assert "Going into epoch 1\n" not in logged and "Going into epoch 2" in logged
+    reference = mtl_run[0]
+    assert epoch_log(out)[-1] == epoch_log(reference)[-1]  # every loss and metric, exactly
+    resumed, uninterrupted = read_json(out / "results.json"), read_json(reference / "results.json")
+    for key in ("wa", "ua", "wer", "cer", "confusion_matrix", "best_epoch", "valid_ua"):
+        assert resumed[key] == uninterrupted[key], key
+    assert (out / "predictions.csv").read_text() == (reference / "predictions.csv").read_text()
+
+
+def test_early_stopped_run_is_not_trained_again(demo_corpus, tmp_path):
+    """A flat validation UA (learning rate ~0): a tie is no improvement, so patience 1 stops
+    after epoch 2; re-running the finished run only re-tests it."""
+    out = tmp_path / "stopped"
+    args = ("--number_of_epochs=6", "--early_stop_patience=1")
+    flat = ("--lr_encoder=1e-12", "--lr_heads=1e-12")
+    run_recipe("train_ser.py", "ser.yaml", demo_corpus, out, *args, *flat)
+    log = epoch_log(out)
+    assert [e["epoch"] for e in log] == [1, 2]
+    assert log[0]["valid_ua"] == log[1]["valid_ua"] and log[-1]["stopped_early"]
+    before = read_json(out / "results.json")
+    assert (before["best_epoch"], before["epochs_trained"], before["stopped_early"]) == (1, 2, True)
+    done = run_recipe("train_ser.py", "ser.yaml", demo_corpus, out, *args, *flat)
+    assert "Going into epoch" not in done.stdout + done.stderr
+    assert read_json(out / "results.json") == before
 
 
 def test_ser_only_has_no_ctc(demo_corpus, tmp_path):
@@ -155,7 +221,9 @@ def test_ser_only_has_no_ctc(demo_corpus, tmp_path):
         assert all(row["hypothesis"] == "" for row in csv.DictReader(f))
 
 
-def test_two_processes_with_gloo(demo_corpus, tmp_path, mtl_run):
+def test_two_processes_with_gloo_keep_identical_parameters(demo_corpus, tmp_path):
+    """Two gloo processes train one epoch: their parameters are identical (gradients are
+    averaged) and differ from the initial ones (training happened)."""
     out = tmp_path / "ddp"
     command = recipe_command(
         "train_mtl.py",
@@ -166,9 +234,18 @@ def test_two_processes_with_gloo(demo_corpus, tmp_path, mtl_run):
         "--distributed_backend=gloo",
     )
     torchrun = [command[0], "-m", "torch.distributed.run", "--nproc_per_node=2"]
-    done = subprocess.run(torchrun + command[1:], cwd=ROOT, capture_output=True, text=True)
+    wrapper = [str(ROOT / "tests/recipes/ddp_params.py"), str(tmp_path)]
+    done = subprocess.run(
+        torchrun + wrapper + command[1:], cwd=ROOT, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     assert read_json(out / "results.json")["num_utterances"] == 53
-    # Each process trains on half of the batches.
-    single = epoch_log(mtl_run[0])[0]["optimizer_steps"]
-    assert epoch_log(out)[0]["optimizer_steps"] == (single + 1) // 2
+    ranks = [torch.load(tmp_path / f"params_rank{r}.pt") for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys()
+    for name in ranks[0]:
+        assert torch.equal(ranks[0][name], ranks[1][name]), name
+    hparams_file, _, overrides = parse_arguments(command[2:])
+    with open(hparams_file) as f:
+        initial = load_hyperpyyaml(f, overrides)["encoder"].state_dict()  # same seed
+    changed = [k for k, v in initial.items() if not torch.equal(ranks[0][f"encoder.{k}"], v)]
+    assert len(changed) > len(initial) // 2
