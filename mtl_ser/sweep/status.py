@@ -21,6 +21,7 @@ with the job (Slurm job id, local pid), the epoch reached and the best validatio
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ from mtl_ser.sweep.launch import metrics_text
 from mtl_ser.sweep.plan import SWEEP_LOG_FILE, SWEEP_RUN_FILE, complete_results, planned_names
 from mtl_ser.sweep.runfolder import Progress, progress, read_events
 
+# `mtl_ser.sweep.plan.run_subfolder`'s layout.
+RUN_NAME = re.compile(r"([^/]+)/([^/]+)/alpha([^/]+)/fold(\d+)/seed(\d+)")
 STATES = ("finished", "running", "queued", "failed", "stopped", "unknown", "changed", "missing")
 
 
@@ -51,12 +54,22 @@ class RunStatus:
 
 
 def find_runs(output_folder: Path) -> list[str]:
-    """Names of the runs of a sweep folder: planned ones and those with a sweep_run.json."""
+    """Names of the runs of a sweep folder: planned ones and those with a sweep_run.json,
+    ordered by recipe, protocol, alpha, fold and seed (numbers as numbers)."""
     found = {
         path.parent.relative_to(output_folder).as_posix()
         for path in output_folder.rglob(SWEEP_RUN_FILE)
     }
-    return sorted(found | set(planned_names(output_folder)))
+    return sorted(found | set(planned_names(output_folder)), key=_identity_key)
+
+
+def _identity_key(name: str) -> tuple:
+    match = RUN_NAME.fullmatch(name)
+    try:
+        recipe, protocol, alpha, fold, seed = match.groups()
+        return (0, recipe, protocol, float(alpha), int(fold), int(seed))
+    except (AttributeError, ValueError):  # not the sweep's layout: after those, by name
+        return (1, name)
 
 
 def sweep_status(output_folder: str | Path) -> tuple[list[RunStatus], str]:

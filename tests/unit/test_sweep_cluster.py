@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from mtl_ser.cli import main as cli_main
 from mtl_ser.sweep import execute_sweep
 from mtl_ser.sweep.cluster import (
     ClusterOptions,
@@ -21,7 +22,7 @@ from mtl_ser.sweep.cluster import (
 from mtl_ser.sweep.launch import SubmissionError
 from mtl_ser.sweep.runfolder import read_events
 from mtl_ser.sweep.status import sweep_status
-from tests.unit.test_sweep import fake_run
+from tests.unit.test_sweep import ROOT, fake_run
 
 # sbatch: answers with the next job id of a counter file, or fails while <bin>/refuse exists.
 SBATCH = """#!/bin/sh
@@ -207,3 +208,18 @@ def test_a_failing_job_reports_its_log_and_is_not_retried(tmp_path):
     assert log.read_text().count("==== ") == 1
     [row] = sweep_status(out)[0]
     assert (row.state, row.job) == ("failed", f"local job {outcome.submitted[0][1]}")
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--launcher", "submitit-local"], "needs --time-min"),
+        (["--launcher", "slurm", "--time-min", "60", "--jobs", "2"], "--jobs applies to"),
+        (["--partition", "gpu", "--wait"], "--partition, --wait: cluster options"),
+    ],
+)
+def test_cluster_options_are_checked(tmp_path, capsys, options, message):
+    argv = ["sweep", str(ROOT / "hparams/mtl.yaml"), "--output-folder", str(tmp_path / "o")]
+    assert cli_main([*argv, "--folds", "1", *options]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
