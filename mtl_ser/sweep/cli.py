@@ -229,8 +229,10 @@ def main(argv: list[str]) -> int:
         return 0
     # A terminated sweep (scheduler, `kill`, closed terminal) stops its local runs too, as
     # Ctrl-C does: the exception unwinds through the launcher, which stops its children.
+    # A signal already ignored (SIGHUP under nohup) stays ignored.
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, lambda num, _: sys.exit(128 + num))
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, lambda num, _: sys.exit(128 + num))
     started = time.monotonic()
     record_plan(args.output_folder, runs)
     try:

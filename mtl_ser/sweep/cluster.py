@@ -1,14 +1,16 @@
 """The cluster launcher: one Slurm job per run, submitted as one array through submitit.
 
 Each job runs `RecipeJob`: the run's recipe command (under ``torchrun`` when the run has
-several GPUs or nodes), output appended to the run's sweep_log.txt, events appended to its
-job history. Pre-emption and time limits follow submitit's checkpointing protocol: Slurm
-signals the job (SIGUSR2, ``signal_delay_s`` = 90 s before the time limit, and on pre-emption
-where the cluster sends it), submitit calls `RecipeJob.checkpoint`, which stops the recipe
-and hands back the same job, and submitit requeues it; the requeued job runs the same
-command, and the recipe resumes from its last complete checkpoint (an epoch boundary). A
-recipe that fails (non-zero exit status, no results) makes the job fail with the log's path
-and last line; it is not retried: re-run the sweep to try again.
+several GPUs or nodes), output appended to the run's sweep_log.txt (``sweep_log.node<k>.txt``
+for the other nodes of a multi-node run), events appended to its job history.
+
+Pre-emption and time limits follow submitit's checkpointing protocol: Slurm signals the job
+(SIGUSR2, ``signal_delay_s`` = 90 s before the time limit, and on pre-emption where the
+cluster sends it), submitit calls `RecipeJob.checkpoint`, which stops the recipe and hands
+back the same job, and submitit requeues it; the requeued job runs the same command, and the
+recipe resumes from its last complete checkpoint (an epoch boundary). A recipe that fails
+(non-zero exit status, no results) makes the job fail with the log's path and last line; it
+is not retried: re-run the sweep to try again.
 
 ``cluster="local"`` runs the same jobs through submitit's LocalExecutor on this machine (no
 Slurm): every run at once, each in its own process tree. It exists to try, and to test, the
@@ -194,7 +196,8 @@ class RecipeJob(submitit.helpers.Checkpointable):
         job = submitit.JobEnvironment()
         main = job.global_rank == 0
         folder = self.run.folder
-        log = folder / SWEEP_LOG_FILE
+        # The first node's output goes to the run's log; other nodes' to their own.
+        log = folder / (SWEEP_LOG_FILE if main else f"sweep_log.node{job.node}.txt")
         if main and is_locked(folder):
             message = f"{folder} is in use by another live process (run.lock is held)"
             append_event(folder, "ended", job_id=job.job_id, exit_status=None, error=message)
