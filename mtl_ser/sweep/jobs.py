@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from mtl_ser.sweep.process import process_alive
 
-LAUNCHERS = ("local", "slurm", "submitit-local")
 # Slurm job states (sacct), by what they mean for the run.
 SLURM_RUNNING = {"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT"}
 SLURM_QUEUED = {

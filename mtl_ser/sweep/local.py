@@ -17,6 +17,7 @@ from mtl_ser.sweep.launch import Launcher, Pending, SweepOutcome, metrics_text
 from mtl_ser.sweep.plan import SWEEP_LOG_FILE, complete_results
 from mtl_ser.sweep.process import (
     available_cores,
+    dies_with_parent_supported,
     start_process,
     stop_process,
     thread_environment,
@@ -93,7 +94,8 @@ class LocalLauncher(Launcher):
 
     def describe(self) -> str:
         devices = f"GPUs {', '.join(self.gpus)}" if self.gpus else "CPU"
-        return f"{self.jobs} at once on {devices}"
+        limit = "" if dies_with_parent_supported() else " (runs outlive a sweep killed by SIGKILL)"
+        return f"{self.jobs} at once on {devices}{limit}"
 
     def launch(self, pending: list[Pending], outcome: SweepOutcome, echo) -> None:
         queue = deque(pending)

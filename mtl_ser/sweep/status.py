@@ -128,7 +128,7 @@ def _classify(folder: Path, view, alive) -> tuple[str, str]:
     if alive is not None and alive.state == "unknown":
         return "unknown", f"last event: {view.phase} at {view.last.get('time')} on {view.host}"
     # The job is gone, but never said how it ended.
-    if view.phase == "started":
+    if view.phase in ("started", "requeued"):
         return "stopped", f"ended without results or an error{scheduler} (killed?); resumes"
     job_log = _job_log(view)
     return "failed", f"job ended before the recipe started{scheduler}; job log: {job_log}"
