@@ -31,6 +31,8 @@ setup(
         "tqdm",
         # The demo corpus synthesizer loads libespeak-ng from this wheel.
         "espeakng-loader>=0.2",
+        # `mtl-ser sweep --launcher slurm`: jobs, arrays, requeue on pre-emption.
+        "submitit>=1.5,<2",
     ],
     extras_require={
         "dev": ["pytest", "ruff"],

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mtl_ser import sweep as sweep_module
 from mtl_ser.sweep import (
+    LocalLauncher,
     Run,
     execute_sweep,
     job_environments,
@@ -18,6 +18,7 @@ from mtl_ser.sweep import (
     read_config,
     run_state,
 )
+from mtl_ser.sweep import plan as sweep_module
 
 ROOT = Path(__file__).resolve().parents[2]
 MTL = ROOT / "hparams/mtl.yaml"
@@ -46,9 +47,10 @@ def fake_run(root: Path, fold: int, code: str = FAKE_RECIPE, digest: str = "d") 
     return Run("mtl", "loso", 0.0, fold, 1, folder, command, digest)
 
 
-def quiet_execute(runs, **kwargs):
+def quiet_execute(runs, overwrite_changed=False, **kwargs):
     lines = []
-    outcome = execute_sweep(runs, gpus=kwargs.pop("gpus", []), echo=lines.append, **kwargs)
+    launcher = LocalLauncher(gpus=kwargs.pop("gpus", []), **kwargs)
+    outcome = execute_sweep(runs, launcher, overwrite_changed, echo=lines.append)
     return outcome, lines
 
 

@@ -1,31 +1,20 @@
-"""Cross-validation and loss-weight ablation: one recipe run per (alpha, fold, seed).
+"""The plan of a sweep: which runs, their folders and commands, and where each one stands.
 
-    mtl-ser sweep hparams/mtl.yaml --alphas 0,0.001,0.01,0.1 --folds 1-5 --output-folder O \\
-        [--protocol P] [--seeds 1986] [--jobs N] [--alpha0-lr 1e-5] [-- extra recipe arguments]
-
-Everything after ``--`` goes verbatim to every run (override files first, then
-``--key=value``), e.g. ``-- hparams/overrides/tiny.yaml --data_folder=data/demo_corpus``.
-The recipe script is chosen by the hparams' ``recipe`` key (``extends:`` chains and override
-files are followed exactly as the recipes do).
-
-Each run is the recipe's ordinary run in its own folder::
+One run per (alpha, fold, seed) of one recipe, in its own folder below the sweep's folder::
 
     O/<recipe>/<protocol>/alpha<alpha>/fold<k>/seed<s>/
         sweep_run.json   the run's command and configuration, written before it starts
         sweep_log.txt    the recipe's stdout and stderr (appended on every attempt)
         results.json ... the recipe's outputs
 
-Resume rule, per run folder:
+Resume rule, per run folder (`run_state`):
 
-- stored configuration equal and a complete ``results.json``: skipped;
-- stored configuration equal, no ``results.json`` (interrupted or failed): launched again; the
+- stored configuration equal and a complete ``results.json``: "complete" (skipped);
+- stored configuration equal, no ``results.json`` (interrupted or failed): "resume"; the
   recipe resumes from its last checkpoint in that folder;
 - stored configuration different (command line, or the content of the hparams / override
-  files), or files that no sweep wrote: an error naming the folders, before anything runs,
-  unless ``overwrite_changed`` (then that folder is deleted and trained afresh).
-
-A failed run does not stop the others; it is listed at the end with its log file and the
-sweep's exit status is 1.
+  files), or files that no sweep wrote: "changed" (an error, or deleted and redone with
+  ``overwrite_changed``).
 
 Alpha = 0 with the mtl recipe is Cai et al.'s SER-only setting inside the multi-task recipe
 (no CTC head is built). Cai et al. trained that setting at lr 1e-5 instead of 5e-5; the sweep
@@ -36,18 +25,11 @@ runs for an exact reproduction of the paper's table.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
-import shutil
-import signal
-import subprocess
 import sys
-import time
-from collections import deque
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 
 import mtl_ser
@@ -58,6 +40,8 @@ RECIPE_SCRIPTS = {"mtl": "train_mtl.py", "ser": "train_ser.py", "cnn": "train_cn
 SWEEP_RUN_FILE = "sweep_run.json"
 SWEEP_LOG_FILE = "sweep_log.txt"
 SWEEP_RUN_SCHEMA = 1
+# The runs ever planned into a sweep folder (for `--status`: which runs are still missing).
+PLAN_INDEX_FILE = "sweep_plan.json"
 # Keys every run gets from the sweep's own options; setting them after `--` would be ambiguous.
 MANAGED_KEYS = ("alpha", "fold", "seed", "protocol", "output_folder")
 LR_KEYS = ("lr_encoder", "lr_heads")
@@ -369,287 +353,27 @@ def complete_results(folder: Path) -> dict | None:
     return results
 
 
-# ------------------------------------------------------------------------------ execution
-def visible_gpus() -> list[str]:
-    """Ids of the GPUs this process may use, as CUDA_VISIBLE_DEVICES entries."""
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        return [g.strip() for g in listed.split(",") if g.strip() and g.strip() != "-1"]
-    import torch
+# ------------------------------------------------------------------------- the plan index
+def record_plan(output_folder: str | Path, runs: list[Run]) -> None:
+    """Adds the runs' folders (relative to ``output_folder``, which holds them) to
+    ``<output_folder>/sweep_plan.json``, the union over every sweep started into that folder,
+    so that `--status` can name the runs not started yet."""
+    output_folder = Path(output_folder).resolve()
+    names = set(planned_names(output_folder))
+    names |= {run.folder.resolve().relative_to(output_folder).as_posix() for run in runs}
+    output_folder.mkdir(parents=True, exist_ok=True)
+    tmp = output_folder / (PLAN_INDEX_FILE + ".tmp")
+    tmp.write_text(json.dumps({"runs": sorted(names)}, indent=2) + "\n")
+    os.replace(tmp, output_folder / PLAN_INDEX_FILE)
 
-    return [str(i) for i in range(torch.cuda.device_count())]
 
-
-def available_cores() -> int:
-    """CPU cores this process may run on."""
+def planned_names(output_folder: str | Path) -> list[str]:
+    """The run folders recorded by `record_plan`, relative to ``output_folder`` (empty when
+    the folder has no index)."""
+    path = Path(output_folder) / PLAN_INDEX_FILE
     try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def job_environments(jobs: int, cores: int, gpus: list[str]) -> list[dict[str, str]]:
-    """Environment variables of each job slot.
-
-    Args:
-        jobs: runs at once.
-        cores: CPU cores to share among them.
-        gpus: visible GPU ids (empty on CPU).
-
-    Returns: one dict per slot: thread counts (cores // jobs, at least 1: concurrent runs must
-    not each start a thread per core) and, with GPUs, the slot's GPU (slots share GPUs
-    round-robin when there are more jobs than GPUs).
-    """
-    if jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
-    threads = str(max(1, cores // jobs))
-    envs = []
-    for slot in range(jobs):
-        env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
-        envs.append(env)
-    return envs
-
-
-@dataclass
-class SweepOutcome:
-    """What happened to each run: lists of (run, detail)."""
-
-    done: list = field(default_factory=list)  # (run, results)
-    skipped: list = field(default_factory=list)  # (run, results)
-    failed: list = field(default_factory=list)  # (run, reason)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-def _metrics_text(results: dict) -> str:
-    wer = results.get("wer")
-    wer_text = "n/a" if wer is None else f"{wer:.3f}"
-    return f"WA {results['wa']:.2%}  UA {results['ua']:.2%}  WER {wer_text}"
-
-
-def _last_line(log: Path) -> str:
-    """The last non-empty line of a log (usually the exception), for the failure summary."""
-    try:
-        lines = [line.strip() for line in log.read_text(errors="replace").splitlines()]
-    except OSError:
-        return ""
-    lines = [line for line in lines if line]
-    return lines[-1][:300] if lines else ""
-
-
-def execute_sweep(
-    runs: list[Run],
-    jobs: int = 1,
-    overwrite_changed: bool = False,
-    gpus: list[str] | None = None,
-    cores: int | None = None,
-    echo=print,
-) -> SweepOutcome:
-    """Runs the unfinished runs, ``jobs`` at a time, each recipe in a subprocess.
-
-    Args:
-        runs: from `plan_sweep`.
-        jobs: runs at once.
-        overwrite_changed: delete and redo runs whose stored configuration differs (else
-            such runs are an error before anything is started).
-        gpus: GPU ids to spread the jobs over (None: the visible ones).
-        cores: CPU cores to share (None: those available to this process).
-        echo: where progress lines go.
-
-    Returns: the outcome. Raises ValueError listing the changed runs (nothing started).
-    """
-    states = [run_state(run) for run in runs]
-    changed = [
-        (run, why) for run, (state, why) in zip(runs, states, strict=True) if state == "changed"
-    ]
-    if changed and not overwrite_changed:
-        lines = "\n".join(f"  {run.folder}: {why}" for run, why in changed)
-        raise ValueError(
-            f"{len(changed)} run folder(s) hold another configuration:\n{lines}\n"
-            "use another --output-folder, or --overwrite-changed to delete and redo them"
-        )
-    gpus = visible_gpus() if gpus is None else gpus
-    envs = job_environments(jobs, cores or available_cores(), gpus)
-    outcome = SweepOutcome()
-    width = len(str(len(runs)))
-    pending = deque()
-    for index, (run, (state, detail)) in enumerate(zip(runs, states, strict=True), 1):
-        tag = f"[{index:>{width}}/{len(runs)}]"
-        if state == "complete":
-            echo(f"{tag} skip    {run.name}  (complete: {_metrics_text(detail)})")
-            outcome.skipped.append((run, detail))
-        else:
-            pending.append((tag, run, state))
-
-    free, running = list(range(jobs)), {}
-    try:
-        while pending or running:
-            while pending and free:
-                slot = free.pop(0)
-                tag, run, state = pending.popleft()
-                running[slot] = (tag, run, _launch(run, state, envs[slot]), time.monotonic())
-                note = " (resuming)" if state == "resume" else ""
-                gpu = envs[slot].get("CUDA_VISIBLE_DEVICES")
-                where = f" on GPU {gpu}" if gpu is not None else ""
-                echo(f"{tag} start   {run.name}{where}{note}")
-            time.sleep(0.2)
-            for slot, (tag, run, process, started) in list(running.items()):
-                if process.poll() is None:
-                    continue
-                del running[slot]
-                free.append(slot)
-                elapsed = _duration(time.monotonic() - started)
-                results = complete_results(run.folder)
-                log = run.folder / SWEEP_LOG_FILE
-                if process.returncode == 0 and results is not None:
-                    echo(f"{tag} done    {run.name}  {_metrics_text(results)}  ({elapsed})")
-                    outcome.done.append((run, results))
-                else:
-                    why = (
-                        f"exit status {process.returncode}"
-                        if process.returncode
-                        else f"exited without {RESULTS_FILE}"
-                    )
-                    echo(f"{tag} failed  {run.name}  {why} after {elapsed}; log: {log}")
-                    outcome.failed.append((run, f"{why}: {_last_line(log)}"))
-    finally:
-        # Interrupted (Ctrl-C) or crashed: stop the runs this sweep started; each resumes
-        # from its checkpoint next time.
-        for _, _, process, _ in running.values():
-            if process.poll() is None:
-                try:
-                    os.killpg(process.pid, signal.SIGTERM)
-                except ProcessLookupError:  # ended in the meantime
-                    pass
-        for _, _, process, _ in running.values():
-            process.wait()
-    return outcome
-
-
-def _launch(run: Run, state: str, env: dict[str, str]) -> subprocess.Popen:
-    if state == "changed":  # only reached with overwrite_changed
-        shutil.rmtree(run.folder)
-    run.folder.mkdir(parents=True, exist_ok=True)
-    if state != "resume":
-        record = {**run.record(), "created": datetime.now().isoformat(timespec="seconds")}
-        record["cwd"] = os.getcwd()
-        tmp = run.folder / (SWEEP_RUN_FILE + ".tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(tmp, run.folder / SWEEP_RUN_FILE)
-    with open(run.folder / SWEEP_LOG_FILE, "a") as log:
-        log.write(f"==== {datetime.now().isoformat(timespec='seconds')} {state}: ")
-        log.write(" ".join(run.command) + "\n")
-        log.flush()
-        # Own process group: an interrupted sweep stops the run with its loader workers.
-        return subprocess.Popen(
-            run.command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
-            start_new_session=True,
-        )
-
-
-# ------------------------------------------------------------------------------------ CLI
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mtl-ser sweep",
-        description="Run a recipe for every (alpha, fold, seed); resumable.",
-        epilog="Arguments after -- go to every run verbatim, e.g. "
-        "-- hparams/overrides/tiny.yaml --data_folder=/path/to/IEMOCAP --number_of_epochs=1",
-    )
-    parser.add_argument("hparams", help="hparams file (its `recipe` key picks the script)")
-    parser.add_argument("--output-folder", required=True, help="the sweep's folder")
-    parser.add_argument("--alphas", help="CTC weights, e.g. 0,0.001,0.01,0.1 (default: hparams)")
-    parser.add_argument("--folds", help="e.g. 1-5 or 1,3 (default: every fold of the protocol)")
-    parser.add_argument("--seeds", help="training seeds, e.g. 1986,1987 (default: hparams)")
-    parser.add_argument("--protocol", choices=sorted(PROTOCOL_FOLDS), help="default: hparams")
-    parser.add_argument(
-        "--jobs",
-        type=int,
-        default=None,
-        help="runs at once (default: one per visible GPU, else 1); CPU threads are shared",
-    )
-    parser.add_argument(
-        "--alpha0-lr",
-        type=float,
-        default=None,
-        help="lr_encoder and lr_heads of the alpha = 0 runs (Cai et al.: 1e-5); "
-        "default: the same learning rate as the other alphas",
-    )
-    parser.add_argument(
-        "--overwrite-changed",
-        action="store_true",
-        help="delete and redo run folders whose stored configuration differs",
-    )
-    parser.add_argument("--dry-run", action="store_true", help="show the plan, run nothing")
-    return parser
-
-
-def main(argv: list[str]) -> int:
-    """``mtl-ser sweep``: parses ``argv`` (sweep options, then ``--`` and the recipes'
-    arguments), plans, runs. Returns the exit status (1 if a run failed)."""
-    argv = list(argv)
-    extra = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1 :]
-    args = build_parser().parse_args(argv)
-    runs = plan_sweep(
-        args.hparams,
-        args.output_folder,
-        alphas=parse_number_list(args.alphas, float) if args.alphas else None,
-        folds=parse_number_list(args.folds) if args.folds else None,
-        seeds=parse_number_list(args.seeds) if args.seeds else None,
-        protocol=args.protocol,
-        extra=extra,
-        alpha0_lr=args.alpha0_lr,
-    )
-    gpus = visible_gpus()
-    jobs = args.jobs or max(1, len(gpus))
-    first = runs[0]
-    alphas = ", ".join(sorted({f"{r.alpha:g}" for r in runs}, key=float))
-    folds = ", ".join(str(k) for k in sorted({r.fold for r in runs}))
-    seeds = ", ".join(str(s) for s in sorted({r.seed for r in runs}))
-    devices = f"GPUs {', '.join(gpus)}" if gpus else "CPU"
-    print(
-        f"sweep: {len(runs)} runs of {Path(first.command[1]).name} ({first.recipe}, protocol "
-        f"{first.protocol}; alpha {alphas}; fold {folds}; seed {seeds}) into "
-        f"{Path(args.output_folder).resolve()}; {jobs} at once on {devices}"
-    )
-    if first.recipe == "mtl" and any(r.alpha == 0 for r in runs):
-        lr = f"lr {args.alpha0_lr:g}" if args.alpha0_lr else "the same lr as the other alphas"
-        print(f"sweep: alpha 0 = SER only (no CTC head), trained with {lr}")
-    if args.dry_run:
-        for run in runs:
-            state, why = run_state(run)
-            print(f"{state:8s} {run.name}{f' ({why})' if state == 'changed' else ''}")
-            print("         " + " ".join(run.command))
-        return 0
-    # A terminated sweep (scheduler, `kill`) stops its runs too, as Ctrl-C does.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    started = time.monotonic()
-    outcome = execute_sweep(runs, jobs=jobs, overwrite_changed=args.overwrite_changed, gpus=gpus)
-    print(
-        f"sweep finished in {_duration(time.monotonic() - started)}: {len(runs)} runs, "
-        f"{len(outcome.done)} done, {len(outcome.skipped)} skipped, {len(outcome.failed)} failed"
-    )
-    for run, why in outcome.failed:
-        print(f"  FAILED {run.name}: {why}\n         log: {run.folder / SWEEP_LOG_FILE}")
-    if outcome.ok:
-        print(f"tables and plots: mtl-ser report {args.output_folder}")
-    return 0 if outcome.ok else 1
+        return list(json.loads(path.read_text())["runs"])
+    except FileNotFoundError:
+        return []
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{path} is not a sweep plan index (delete it to rebuild it)") from None
