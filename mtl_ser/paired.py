@@ -28,7 +28,22 @@ import numpy as np
 
 from mtl_ser.results import PREDICTIONS_FILE
 
-SETTING_FIELDS = ("recipe", "alpha", "encoder")
+# What makes a setting: runs that differ in any of these are never averaged together
+# (report.py groups by them) and pairs differ in exactly one (or in alpha and the learning
+# rates together: Cai et al. trained alpha = 0 at another rate, `sweep --alpha0-lr`).
+SETTING_FIELDS = (
+    "recipe",
+    "alpha",
+    "encoder",
+    "lr_encoder",
+    "lr_heads",
+    "ctc_reduction",
+    "ctc_sum_utterances",
+    "checkpoint_selection",
+)
+# Shown only when they vary (the rest of a setting's text is always shown).
+DETAIL_FIELDS = SETTING_FIELDS[3:]
+ALPHA_WITH_RATES = {"alpha", "lr_encoder", "lr_heads"}
 UNIT_FIELDS = ("protocol", "fold", "seed")
 FOLD_METRICS = ("wa", "ua", "macro_f1", "wer")
 POOLED_METRICS = ("wa", "ua", "wer")
@@ -38,14 +53,24 @@ NAMES = {"wa": "WA", "ua": "UA", "macro_f1": "macro-F1", "wer": "WER"}
 
 
 def setting_of(run: dict) -> tuple:
-    """The values of SETTING_FIELDS of a run (alpha as a float)."""
-    return tuple(float(run[f]) if f == "alpha" else run.get(f) for f in SETTING_FIELDS)
+    """The values of SETTING_FIELDS of a run (numbers as floats; None where a run of an
+    older mtl-ser did not record a field)."""
+    return tuple(
+        float(run[f])
+        if isinstance(run.get(f), int | float) and not isinstance(run.get(f), bool)
+        else run.get(f)
+        for f in SETTING_FIELDS
+    )
 
 
-def setting_text(setting: tuple) -> str:
+def setting_text(setting: tuple, fields=SETTING_FIELDS) -> str:
+    """``name=value`` for ``fields`` of a setting (numbers in %g; unrecorded details,
+    None, left out)."""
+    values = dict(zip(SETTING_FIELDS, setting, strict=True))
     return " ".join(
-        f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
-        for name, value in zip(SETTING_FIELDS, setting, strict=True)
+        f"{name}={values[name]:g}" if isinstance(values[name], float) else f"{name}={values[name]}"
+        for name in fields
+        if values[name] is not None or name not in DETAIL_FIELDS
     )
 
 
@@ -93,12 +118,22 @@ def find_pairs(runs: list[dict]) -> list[tuple[str, tuple, tuple, str, list]]:
     for (pa, sa), (pb, sb) in itertools.combinations(sorted(by_setting, key=_sort_key), 2):
         if pa != pb or labels[(pa, sa)] != labels[(pb, sb)]:
             continue
-        differing = [f for f, a, b in zip(SETTING_FIELDS, sa, sb, strict=True) if a != b]
-        if len(differing) != 1:
+        # A detail that one side lacks (not recorded, or not applicable: no CTC reduction
+        # at alpha = 0) does not count as a difference.
+        differing = {
+            f
+            for f, a, b in zip(SETTING_FIELDS, sa, sb, strict=True)
+            if a != b and not (f in DETAIL_FIELDS and (a is None or b is None))
+        }
+        if len(differing) == 1:
+            field_name = differing.pop()
+        elif "alpha" in differing and differing <= ALPHA_WITH_RATES:
+            field_name = "alpha"
+        else:
             continue
         units = sorted(set(by_setting[(pa, sa)]) & set(by_setting[(pb, sb)]), key=str)
         if units:
-            pairs.append((pa, sa, sb, differing[0], units))
+            pairs.append((pa, sa, sb, field_name, units))
     return pairs
 
 

@@ -88,10 +88,12 @@ def find_results(folders: list[str | Path]) -> list[dict]:
 # ---------------------------------------------------------------------------- aggregation
 @dataclass
 class Row:
-    """One (recipe, protocol, alpha) and what its runs give.
+    """One (protocol, setting) and what its runs give.
 
     Attributes:
-        recipe, protocol, alpha: the row's key.
+        protocol: the runs' protocol.
+        setting: the values of `paired.SETTING_FIELDS` (recipe, alpha, encoder, learning
+            rates, CTC reduction, checkpoint selection) shared by the runs.
         runs: its results dicts.
         stats: metric -> (mean, sample std or None when n < 2, n) over the runs that report
             it; (None, None, 0) when none does (WER without CTC).
@@ -101,9 +103,8 @@ class Row:
         missing: seed -> folds of the protocol that this seed lacks (empty when complete).
     """
 
-    recipe: str
     protocol: str
-    alpha: float
+    setting: tuple
     runs: list[dict]
     stats: dict
     confusion: np.ndarray
@@ -112,6 +113,17 @@ class Row:
     folds: list[int]
     expected: int | None
     missing: dict
+
+    @property
+    def recipe(self) -> str:
+        return self.field("recipe")
+
+    @property
+    def alpha(self) -> float:
+        return self.field("alpha")
+
+    def field(self, name: str):
+        return self.setting[paired.SETTING_FIELDS.index(name)]
 
     @property
     def n(self) -> int:
@@ -167,27 +179,28 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None, int]:
 
 
 def aggregate(runs: list[dict]) -> list[Row]:
-    """Groups runs by (recipe, protocol, alpha) and summarises each group.
+    """Groups runs by protocol and setting (`paired.SETTING_FIELDS`: runs that differ in
+    alpha, encoder, learning rates, CTC reduction or checkpoint selection are different
+    experiments, never averaged) and summarises each group.
 
     Returns: rows sorted by recipe, protocol, alpha. Raises ValueError when a group mixes
-    label sets (their confusion matrices and recalls do not add up) or encoders (different
-    experiments), or holds the same (fold, seed) twice (a fold would count double).
+    label sets (their confusion matrices and recalls do not add up) or holds the same
+    (fold, seed) twice (a fold would count double).
     """
     groups = defaultdict(list)
     for run in runs:
-        groups[(run["recipe"], run["protocol"], float(run["alpha"]))].append(run)
+        groups[(run["protocol"], paired.setting_of(run))].append(run)
     rows = []
-    for (recipe, protocol, alpha), members in sorted(groups.items()):
-        name = f"{recipe} {protocol} alpha={alpha:g}"
-        for key in ("labels", "encoder"):
-            variants = defaultdict(list)
-            for run in members:
-                variants[json.dumps(run.get(key))].append(run["path"])
-            if len(variants) > 1:
-                listing = "\n".join(
-                    f"  {key} {value}: {', '.join(paths)}" for value, paths in variants.items()
-                )
-                raise ValueError(f"{name}: runs differ in {key}, refusing to average:\n{listing}")
+    for (protocol, setting), members in sorted(groups.items(), key=_group_order):
+        name = f"{protocol} {paired.setting_text(setting)}"
+        variants = defaultdict(list)
+        for run in members:
+            variants[json.dumps(run.get("labels"))].append(run["path"])
+        if len(variants) > 1:
+            listing = "\n".join(
+                f"  labels {value}: {', '.join(paths)}" for value, paths in variants.items()
+            )
+            raise ValueError(f"{name}: runs differ in labels, refusing to average:\n{listing}")
         seen = {}
         for run in members:
             ident = (run["fold"], run["seed"])
@@ -208,9 +221,8 @@ def aggregate(runs: list[dict]) -> list[Row]:
             missing[seed] = [k for k in range(1, (expected or 0) + 1) if k not in have]
         rows.append(
             Row(
-                recipe=recipe,
                 protocol=protocol,
-                alpha=alpha,
+                setting=setting,
                 runs=members,
                 stats=stats,
                 confusion=np.sum([np.asarray(r["confusion_matrix"]) for r in members], axis=0),
@@ -222,6 +234,30 @@ def aggregate(runs: list[dict]) -> list[Row]:
             )
         )
     return rows
+
+
+def _group_order(item) -> tuple:
+    (protocol, setting), _ = item
+    values = dict(zip(paired.SETTING_FIELDS, setting, strict=True))
+    return (str(values["recipe"]), protocol, values["alpha"], json.dumps(setting, default=str))
+
+
+def varying_details(rows: list[Row]) -> list[str]:
+    """The detail fields of a setting (learning rates, CTC reduction, ...) whose values
+    differ among ``rows``: the ones a table must show to tell rows apart."""
+    return [
+        f
+        for f in paired.DETAIL_FIELDS
+        if len({json.dumps(r.field(f), default=str) for r in rows}) > 1
+    ]
+
+
+def row_name(row: Row, details: list[str]) -> str:
+    """E.g. ``mtl loso alpha=0.1`` plus the varying details (``lr_encoder=1e-05``)."""
+    extra = paired.setting_text(row.setting, details)
+    return f"{row.recipe} {row.protocol} alpha={_alpha_text(row.alpha)}" + (
+        f" {extra}" if extra else ""
+    )
 
 
 # ---------------------------------------------------------------------------------- tables
@@ -283,8 +319,9 @@ def _alpha_text(alpha: float) -> str:
     return f"{alpha:g}"
 
 
-def confusion_file(row: Row) -> str:
-    return f"confusion_{row.recipe}_{row.protocol}_alpha{_alpha_text(row.alpha)}.png"
+def confusion_file(row: Row, details: list[str] = ()) -> str:
+    extra = "".join(f"_{paired.setting_text(row.setting, [f])}" for f in details)
+    return f"confusion_{row.recipe}_{row.protocol}_alpha{_alpha_text(row.alpha)}{extra}.png"
 
 
 def summary_markdown(rows: list[Row], folders: list, output_folder: Path, figures: list) -> str:
@@ -302,11 +339,14 @@ def summary_markdown(rows: list[Row], folders: list, output_folder: Path, figure
         "the figure Cai et al. report).",
         "",
     ]
-    header = ["recipe", "protocol", "alpha", "n", "folds"]
+    details = varying_details(rows)
+    header = ["recipe", "protocol", "alpha"] + (["setting"] if details else []) + ["n", "folds"]
     header += [METRIC_NAMES[m] for m in METRICS] + ["pooled WA %", "pooled UA %", "test utts"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row.recipe, _protocol_text(row), _alpha_text(row.alpha), str(row.n)]
+        cells = [row.recipe, _protocol_text(row), _alpha_text(row.alpha)]
+        cells += [paired.setting_text(row.setting, details)] if details else []
+        cells.append(str(row.n))
         cells.append(row.folds_text() + ("" if row.complete else " **incomplete**"))
         cells += [_mean_std_cell(row.stats[m], m) for m in METRICS]
         cells += [_cell(row.pooled_wa, "wa"), _cell(row.pooled_ua, "ua")]
@@ -314,7 +354,7 @@ def summary_markdown(rows: list[Row], folders: list, output_folder: Path, figure
         lines.append("| " + " | ".join(cells) + " |")
     notes = []
     for row in rows:
-        name = f"{row.recipe} {row.protocol} alpha={_alpha_text(row.alpha)}"
+        name = row_name(row, details)
         if not row.complete:
             notes.append(f"{name}: incomplete set of folds: {row.folds_text()}.")
         partial = [m for m in METRICS if 0 < row.stats[m][2] < row.n]
@@ -328,6 +368,8 @@ def summary_markdown(rows: list[Row], folders: list, output_folder: Path, figure
         )
     encoders = sorted({str(r.encoder) for r in rows})
     notes.append(f"Encoder(s): {', '.join(encoders)}; labels: {', '.join(rows[0].labels)}.")
+    common = [f for f in paired.DETAIL_FIELDS if f not in details]
+    notes.append(f"Shared by every row: {paired.setting_text(rows[0].setting, common)}.")
     lines += ["", *(f"- {note}" for note in notes), "", "## Runs", ""]
     header = ["recipe", "protocol", "alpha", "fold", "seed"]
     header += [METRIC_NAMES[m] for m in METRICS] + ["test utts", "best epoch", "run"]
@@ -357,21 +399,16 @@ def write_csvs(rows: list[Row], output_folder: Path) -> tuple[Path, Path]:
     with open(summary, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
-            ["recipe", "protocol", "alpha", "n_runs", "folds_found", "folds_expected", "complete"]
-            + ["seeds", "encoder"]
+            ["recipe", "protocol", "alpha", *paired.DETAIL_FIELDS, "n_runs", "folds_found"]
+            + ["folds_expected", "complete", "seeds", "encoder"]
             + [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "n")]
             + ["pooled_wa", "pooled_ua", "num_utterances", "labels"]
         )
         for row in rows:
             writer.writerow(
-                [
-                    row.recipe,
-                    row.protocol,
-                    row.alpha,
-                    row.n,
-                    " ".join(map(str, row.folds)),
-                    row.expected,
-                ]
+                [row.recipe, row.protocol, row.alpha]
+                + ["" if row.field(f) is None else row.field(f) for f in paired.DETAIL_FIELDS]
+                + [row.n, " ".join(map(str, row.folds)), row.expected]
                 + [row.complete, " ".join(map(str, row.seeds)), row.encoder]
                 + [
                     x
@@ -414,7 +451,14 @@ def plot_alpha_ablation(rows: list[Row], path: str | Path) -> Path:
 
     from mtl_ser import plots  # noqa: F401  (selects the file-only matplotlib backend)
 
-    series = sorted({(r.recipe, r.protocol) for r in rows})
+    # One series per recipe, protocol and the details that vary (learning rates apart: with
+    # `sweep --alpha0-lr`, alpha = 0 runs at another rate belong to the same curve).
+    details = [f for f in varying_details(rows) if not f.startswith("lr_")]
+    label_of = {
+        id(r): " ".join([r.recipe, r.protocol, paired.setting_text(r.setting, details)]).strip()
+        for r in rows
+    }
+    series = sorted(set(label_of.values()))
     has_zero = any(r.alpha == 0 for r in rows)
     positives = sorted({r.alpha for r in rows if r.alpha > 0})
     has_wer = any(r.stats["wer"][0] is not None for r in rows)
@@ -438,9 +482,9 @@ def plot_alpha_ablation(rows: list[Row], path: str | Path) -> Path:
         return spread + {"ua": -0.035, "wa": 0.035, "wer": 0.0}[metric]
 
     for p, (ylabel, metrics) in enumerate(panels):
-        for index, (recipe, protocol) in enumerate(series):
+        for index, name in enumerate(series):
             colour = colours[index % len(colours)]
-            mine = [r for r in rows if (r.recipe, r.protocol) == (recipe, protocol)]
+            mine = [r for r in rows if label_of[id(r)] == name]
             for metric in metrics:
                 scale = 100 if metric in PERCENT else 1
                 marker, line, face = styles[metric]
@@ -468,7 +512,7 @@ def plot_alpha_ablation(rows: list[Row], path: str | Path) -> Path:
                         color=colour,
                         capsize=3,
                         markersize=5,
-                        label=f"{recipe} {protocol} {METRIC_NAMES[metric].split()[0]}",
+                        label=f"{name} {METRIC_NAMES[metric].split()[0]}",
                     )
                     for x, y, (_, _, row) in zip(xs, ys, points, strict=True):
                         if metric != "wa" and not row.complete:  # flagged on the figure too
@@ -559,17 +603,20 @@ def write_report(
     from mtl_ser.plots import plot_confusion
 
     rows = aggregate(find_results(folders))
+    details = varying_details(rows)
     output_folder = Path(output_folder or folders[0])
     output_folder.mkdir(parents=True, exist_ok=True)
     figures = [plot_alpha_ablation(rows, output_folder / "alpha_ablation.png")]
     for row in rows:
         title = (
-            f"{row.recipe} {row.protocol} alpha={_alpha_text(row.alpha)}: {row.n} run(s) summed"
+            f"{row_name(row, details)}: {row.n} run(s) summed"
             f"{'' if row.complete else ', folds ' + row.folds_text()}\n"
             f"pooled WA {row.pooled_wa:.1%}  pooled UA {row.pooled_ua:.1%}"
         )
         figures.append(
-            plot_confusion(row.confusion, row.labels, output_folder / confusion_file(row), title)
+            plot_confusion(
+                row.confusion, row.labels, output_folder / confusion_file(row, details), title
+            )
         )
     comparisons = paired.compare_settings([run for row in rows for run in row.runs])
     markdown = output_folder / "summary.md"
@@ -583,9 +630,11 @@ def write_report(
     if echo is not None:
         for row in rows:
             stat = row.stats
+            extra = paired.setting_text(row.setting, details)
             echo(
                 f"{row.recipe:4s} {row.protocol:12s} alpha {_alpha_text(row.alpha):6s} "
-                f"n={row.n:<3d} folds {row.folds_text()}: WA {_mean_std_cell(stat['wa'], 'wa')}"
+                + (f"{extra} " if extra else "")
+                + f"n={row.n:<3d} folds {row.folds_text()}: WA {_mean_std_cell(stat['wa'], 'wa')}"
                 f"  UA {_mean_std_cell(stat['ua'], 'ua')}  WER {_mean_std_cell(stat['wer'], 'wer')}"
                 f"  pooled WA {_cell(row.pooled_wa, 'wa')}"
             )

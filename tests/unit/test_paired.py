@@ -133,3 +133,37 @@ def test_pooled_wer_when_both_settings_have_ctc(tmp_path):
     assert (c.pooled["wer"]["first"], c.pooled["wer"]["second"]) == (1.0, 0.5)
     assert c.pooled["wer"]["diff"] == c.pooled["wer"]["ci_low"] == c.pooled["wer"]["ci_high"]
     assert c.tests["wer"]["mean_diff"] == pytest.approx(-0.5)
+
+
+def test_pairs_follow_the_setting_fields():
+    """Alpha 0 at Cai et al.'s lower learning rate pairs with alpha 0.1 (the paper's
+    comparison); a CTC-scale change alone pairs; two changes at once do not."""
+
+    def run(alpha, lr=5e-5, reduction="sum", fold=1):
+        return {
+            "recipe": "mtl",
+            "protocol": "loso",
+            "alpha": alpha,
+            "fold": fold,
+            "seed": 1,
+            "encoder": "e",
+            "labels": LABELS,
+            "lr_encoder": lr,
+            "lr_heads": lr,
+            "ctc_reduction": reduction,
+        }
+
+    # At alpha = 0 there is no CTC reduction: None matches any.
+    runs = [
+        run(0.0, lr=1e-5, reduction=None),
+        run(0.1),
+        run(0.1, reduction="length_mean"),
+        run(0.01, reduction="length_mean"),
+    ]
+    found = {(a[1], b[1], field) for _, a, b, field, _ in find_pairs(runs)}
+    assert found == {
+        (0.0, 0.1, "alpha"),  # learning rates differ along with alpha: allowed
+        (0.1, 0.1, "ctc_reduction"),
+        (0.01, 0.1, "alpha"),  # both length_mean
+        (0.0, 0.01, "alpha"),
+    }

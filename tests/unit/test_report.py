@@ -166,18 +166,39 @@ def test_report_files(runs_folder, tmp_path):
     assert any("pooled WA 75.93" in line and "alpha 0.1" in line for line in printed)
 
 
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        ({"labels": ["neu", "hap", "ang", "sad", "exc"]}, "runs differ in labels"),
-        ({"encoder": "random:tiny"}, "runs differ in encoder"),
-    ],
-)
-def test_mixed_runs_are_not_averaged(tmp_path, change, message):
+def test_mixed_label_sets_are_not_averaged(tmp_path):
     write_run(tmp_path / "a", fold=1)
-    write_run(tmp_path / "b", fold=2, **change)
-    with pytest.raises(ValueError, match=message):
+    write_run(tmp_path / "b", fold=2, labels=["neu", "hap", "ang", "sad", "exc"])
+    with pytest.raises(ValueError, match="runs differ in labels"):
         aggregate(find_results([tmp_path / "a", tmp_path / "b"]))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"encoder": "random:tiny"},
+        {"lr_encoder": 1e-5, "lr_heads": 1e-5},  # sweep --alpha0-lr
+        {"ctc_reduction": "length_mean", "ctc_sum_utterances": None},
+        {"checkpoint_selection": "last"},
+    ],
+    ids=["encoder", "learning rates", "CTC reduction", "checkpoint selection"],
+)
+def test_runs_of_different_settings_are_separate_rows(tmp_path, change):
+    """Another encoder, learning rate, CTC scale or checkpoint choice is another experiment:
+    its own row, never averaged in, and the table says what differs."""
+    base = {"lr_encoder": 5e-5, "lr_heads": 5e-5, "ctc_reduction": "sum"}
+    base |= {"ctc_sum_utterances": 2, "checkpoint_selection": "best_valid"}
+    write_run(tmp_path / "a", fold=1, **base)
+    write_run(tmp_path / "b", fold=1, **{**base, **change})
+    rows = aggregate(find_results([tmp_path]))
+    assert len(rows) == 2 and all(row.n == 1 for row in rows)
+    report = write_report([tmp_path], tmp_path / "report")
+    markdown = (tmp_path / "report/summary.md").read_text()
+    shown = next(k for k in change if change[k] is not None)
+    if shown != "encoder":
+        assert "| setting |" in markdown and f"{shown}=" in markdown
+    confusions = [f for f in report["files"] if f.name.startswith("confusion_")]
+    assert len(confusions) == 2  # one file each, none overwritten
 
 
 def test_the_same_fold_twice_is_refused(tmp_path):
