@@ -254,16 +254,16 @@ class EmotionBrain(sb.Brain):
         self.nonfinite_batches += 1
         self._consecutive_nonfinite += 1
         losses = self.batch_losses
-        parts = f"emotion {float(losses.emo):.4g}"
+        parts = f"emotion {float(losses.emo.detach()):.4g}"
         if losses.ctc is not None:
-            parts += f", CTC {float(losses.ctc):.4g}"
+            parts += f", CTC {float(losses.ctc.detach()):.4g}"
         ids = ", ".join(list(batch.id)[:4])
         if self._consecutive_nonfinite >= self.nonfinite_patience:
             raise NonFiniteLossError(
                 f"{self._consecutive_nonfinite} consecutive training batches had a non-finite "
                 f"loss (the last: {parts}; utterances {ids}, ...): training diverged. Lower "
                 f"lr_encoder / lr_heads (now {self.hparams.lr_encoder} / "
-                f"{self.hparams.lr_heads}), use --precision=fp32, or raise "
+                f"{self.hparams.lr_heads}), use fp32 if training in fp16 / bf16, or raise "
                 "--nonfinite_patience"
             )
         logger.warning(
@@ -372,6 +372,7 @@ class EmotionBrain(sb.Brain):
         self.loss_sums = {"loss": zero.clone(), "loss_emo": zero.clone(), "loss_ctc": zero.clone()}
         self.loss_batches = 0
         self.nonfinite_batches = 0
+        self.stage_start_step = self.optimizer_step
         self.predictions = PredictionLog(self.labels)
         if stage == sb.Stage.TEST:
             self.test_done = True
@@ -387,6 +388,7 @@ class EmotionBrain(sb.Brain):
         losses = self._stage_losses()
         if stage == sb.Stage.TRAIN:
             self.train_stats = {**losses, "nonfinite_batches": self.nonfinite_batches}
+            self.epoch_steps = self.optimizer_step - self.stage_start_step
             return
         metrics = self.predictions.metrics()
         stats = {
@@ -415,7 +417,8 @@ class EmotionBrain(sb.Brain):
             train_stats=_loggable(self.train_stats),
             valid_stats=_loggable(valid_stats),
         )
-        entry = {"epoch": epoch, "optimizer_steps": self.steps_per_epoch, **lrs}
+        entry = {"epoch": epoch, "batches": self.batches_per_epoch}
+        entry.update({"optimizer_steps": self.epoch_steps, **lrs})
         entry.update({f"train_{k}": v for k, v in self.train_stats.items()})
         entry.update({f"valid_{k.lower()}": v for k, v in valid_stats.items()})
         entry.update({"best_epoch": counter.best_epoch, "stopped_early": counter.should_stop})

@@ -195,7 +195,8 @@ def test_early_stopped_run_is_not_trained_again(demo_corpus, tmp_path):
 
 
 def test_ser_only_has_no_ctc(demo_corpus, tmp_path):
-    """Also exercises bf16, dynamic batching, cropping and waveform augmentation."""
+    """Also exercises bf16, dynamic batching, cropping, waveform augmentation and gradient
+    accumulation over a number of batches it does not divide."""
     out = tmp_path / "ser"
     done = run_recipe(
         "train_ser.py",
@@ -208,12 +209,18 @@ def test_ser_only_has_no_ctc(demo_corpus, tmp_path):
         "--max_batch_length=16",
         "--max_len=2.0",
         "--augment_prob=1.0",
+        "--grad_accumulation_factor=4",
     )
     assert "Using training precision: `--precision=bf16`" in done.stdout + done.stderr
     results = read_json(out / "results.json")
     assert (results["recipe"], results["alpha"]) == ("ser", 0.0)
     assert results["wer"] is None and results["cer"] is None
-    assert epoch_log(out)[0]["train_loss_ctc"] is None
+    entry = epoch_log(out)[0]
+    assert entry["train_loss_ctc"] is None
+    # The last, shorter accumulation window is applied too: the schedule reaches its end.
+    assert entry["batches"] % 4 != 0, "choose another factor: this one divides the batches"
+    assert entry["optimizer_steps"] == -(-entry["batches"] // 4)
+    assert entry["lr_encoder"] == entry["lr_heads"] == 0.0
     checkpoint = next((out / "save").glob("CKPT*"))
     assert not (checkpoint / "ctc_head.ckpt").exists()
     assert (checkpoint / "encoder.ckpt").exists() and (checkpoint / "emotion_head.ckpt").exists()
@@ -249,3 +256,25 @@ def test_two_processes_with_gloo_keep_identical_parameters(demo_corpus, tmp_path
         initial = load_hyperpyyaml(f, overrides)["encoder"].state_dict()  # same seed
     changed = [k for k, v in initial.items() if not torch.equal(ranks[0][f"encoder.{k}"], v)]
     assert len(changed) > len(initial) // 2
+
+
+def test_diverging_training_stops_with_a_clear_error(demo_corpus, tmp_path):
+    """A huge learning rate: each batch with a NaN loss is skipped with a warning, and
+    nonfinite_patience (3) in a row end the run with one line and exit status 1, before any
+    result is written."""
+    command = recipe_command(
+        "train_mtl.py",
+        "mtl.yaml",
+        demo_corpus,
+        tmp_path / "run",
+        "--lr_encoder=1e8",
+        "--lr_heads=1e8",
+        "--warmup_fraction=0.0",
+    )
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 1
+    assert done.stderr.count("skipping a training batch with a non-finite loss") == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("train_mtl.py: error: 3 consecutive training batches had a non-finite")
+    assert "lr_encoder / lr_heads (now 100000000.0 / 100000000.0)" in last
+    assert not (tmp_path / "run/results.json").exists()
