@@ -92,10 +92,11 @@ class EmotionBrain(sb.Brain):
         inputs, input_lens = batch.sig if self.hparams.features is None else batch.feats
         if stage == sb.Stage.TRAIN and self.hparams.batch_augment is not None:
             inputs, input_lens = self.hparams.batch_augment(inputs, input_lens)
-        feats, frame_lens = self.modules.encoder(inputs, input_lens)
-        emo_logits = self.modules.emotion_head(feats, frame_lens)
-        ctc_log_probs = self.modules.ctc_head(feats) if self.objective.ctc_enabled else None
-        return Outputs(emo_logits, ctc_log_probs, frame_lens)
+        # Every head gets the encoder's output and hidden layers and reads what it needs.
+        enc = self.modules.encoder(inputs, input_lens)
+        emo_logits = self.modules.emotion_head(enc.hidden, enc.lengths, enc.layers)
+        ctc = self.modules.ctc_head(enc.hidden, enc.layers) if self.objective.ctc_enabled else None
+        return Outputs(emo_logits, ctc, enc.lengths)
 
     def compute_objectives(self, outputs: Outputs, batch, stage) -> torch.Tensor:
         """The weighted loss; records per-task losses and, outside training, predictions."""
