@@ -59,7 +59,7 @@ class EmotionBrain(sb.Brain):
     training batches of the encoder input, or null), ``lr_encoder``, ``lr_heads``,
     ``encoder_opt_class``, ``heads_opt_class``, ``warmup_fraction``, ``lr_decay``,
     ``number_of_epochs``,
-    ``epoch_counter``, ``train_logger``, ``output_folder``.
+    ``epoch_counter``, ``train_logger``, ``experiment_tracker``, ``output_folder``.
     """
 
     def __init__(self, *args, labels, vocab: CharVocabulary, identity: dict, **kwargs):
@@ -240,6 +240,9 @@ class EmotionBrain(sb.Brain):
             train_stats=_loggable(self.train_stats),
             valid_stats=_loggable(valid_stats),
         )
+        self.hparams.experiment_tracker.log_epoch(
+            self.identity, epoch, lrs, self.train_stats, valid_stats
+        )
         entry = {"epoch": epoch, "optimizer_steps": self.steps_per_epoch, **lrs}
         entry.update({f"train_{k}": v for k, v in self.train_stats.items()})
         entry.update({f"valid_{k.lower()}": v for k, v in valid_stats.items()})
@@ -259,6 +262,9 @@ class EmotionBrain(sb.Brain):
         self.hparams.train_logger.log_stats(
             stats_meta={"test from epoch": best.meta["epoch"] if best else None},
             test_stats=_loggable(stats),
+        )
+        self.hparams.experiment_tracker.log_test(
+            self.identity, best.meta["epoch"] if best else None, stats
         )
         if not if_main_process():
             return

@@ -100,10 +100,13 @@ def _demo_data(args) -> None:
 
 
 def _export(args) -> None:
-    from mtl_ser.export import export_run
+    if args.format == "hf":
+        from mtl_ser.export_hf import export_hf as export
+    else:
+        from mtl_ser.export import export_run as export
 
-    out = export_run(args.run_folder, args.out_dir)
-    print(f"exported {args.run_folder} to {out}")
+    out = export(args.run_folder, args.out_dir)
+    print(f"exported {args.run_folder} to {out} ({args.format} format)")
 
 
 def _predict(args) -> int:
@@ -130,6 +133,13 @@ def _add_inference(subparsers) -> None:
     export = subparsers.add_parser("export", help="a finished run -> self-contained model folder")
     export.add_argument("run_folder")
     export.add_argument("out_dir")
+    export.add_argument(
+        "--format",
+        choices=("mtl_ser", "hf"),
+        default="mtl_ser",
+        help="mtl_ser: for mtl_ser's loader and `predict`; hf: a folder transformers loads "
+        "(AutoModelForAudioClassification, pipeline), the CTC head in OUT/ctc",
+    )
     export.set_defaults(func=_export)
 
     predict = subparsers.add_parser(

@@ -213,8 +213,9 @@ def _percent(value) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
-def model_card(model: LoadedModel, spec: dict) -> str:
-    """A short README for an exported model: identity, test metrics, usage."""
+def model_card(model: LoadedModel, spec: dict, usage: list[str] | None = None) -> str:
+    """A short README for an exported model: identity, test metrics, and ``usage`` lines
+    (default: how to use it with mtl_ser)."""
     results = model.info["results"] or {}
     has_ctc = "ctc_head" in model.modules
     wer = results.get("wer")
@@ -240,6 +241,10 @@ def model_card(model: LoadedModel, spec: dict) -> str:
         f"| test utterances | {results.get('num_utterances')} |",
         f"| audio | {spec['sample_rate']} Hz mono (other rates are resampled, channels averaged) |",
         "",
+    ]
+    if usage is not None:
+        return "\n".join(lines + usage)
+    lines += [
         "```python",
         "from mtl_ser import load_model",
         "model = load_model('path/to/this/folder')",
