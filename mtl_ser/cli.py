@@ -3,6 +3,9 @@
 mtl-ser prepare iemocap --data-folder D --output-folder O [--protocol P --fold K ...]
 mtl-ser prepare csv --csv F --audio-root R --output-folder O [--labels a,b,c ...]
 mtl-ser demo-data OUT [--seed N]
+mtl-ser export RUN OUT [--format mtl_ser|hf]
+mtl-ser predict MODEL FILES... [--output x.csv|x.json]
+mtl-ser embed MODEL FILES... --output x.npy|x.parquet [--layer last|head|N]
 """
 
 from __future__ import annotations
@@ -119,7 +122,8 @@ def _predict(args) -> int:
     files = collect_audio_files(args.inputs)
     if not files:
         raise FileNotFoundError(f"no audio files in {args.inputs}")
-    predictions = model.predict_batch(files, batch_size=args.batch_size, progress=True)
+    # Progress bars only on a terminal; the summary line below either way.
+    predictions = model.predict_batch(files, batch_size=args.batch_size, progress=None)
     write_predictions(predictions, model.labels, args.output)
     failed = [p for p in predictions if p.error]
     for p in failed:
@@ -127,6 +131,45 @@ def _predict(args) -> int:
     where = f" to {args.output}" if args.output else ""
     print(f"{len(files) - len(failed)} of {len(files)} file(s) scored{where}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _embed(args) -> int:
+    from mtl_ser.inference import load_model
+    from mtl_ser.predict import collect_audio_files, write_embeddings
+
+    output = Path(args.output)
+    if output.suffix.lower() not in (".npy", ".parquet"):
+        raise ValueError(f"--output must end in .npy or .parquet, not {args.output}")
+    model = load_model(args.model, window=args.window, device=args.device)
+    files = collect_audio_files(args.inputs)
+    if not files:
+        raise FileNotFoundError(f"no audio files in {args.inputs}")
+    layer = int(args.layer) if args.layer.lstrip("-").isdigit() else args.layer
+    embeddings = model.embed_batch(files, layer=layer, batch_size=args.batch_size, progress=None)
+    ok = [e for e in embeddings if e.error is None]
+    written = write_embeddings(ok, output) if ok else []
+    for e in embeddings:
+        if e.error:
+            print(f"failed: {e.error}", file=sys.stderr)
+    print(
+        f"{len(ok)} of {len(files)} file(s) embedded to {', '.join(map(str, written)) or '-'}",
+        file=sys.stderr,
+    )
+    return 1 if len(ok) < len(files) else 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
 
 
 def _add_inference(subparsers) -> None:
@@ -150,10 +193,35 @@ def _add_inference(subparsers) -> None:
     predict.add_argument(
         "--output", default=None, help="results .csv or .json (default: CSV on stdout)"
     )
-    predict.add_argument("--window", type=float, default=8.0, help="seconds scored at once")
-    predict.add_argument("--batch-size", type=int, default=8)
+    predict.add_argument(
+        "--window", type=_positive_float, default=8.0, help="seconds scored at once"
+    )
+    predict.add_argument("--batch-size", type=_positive_int, default=8)
     predict.add_argument("--device", default="cpu")
     predict.set_defaults(func=_predict)
+
+    embed = subparsers.add_parser(
+        "embed", help="utterance-level vectors of recordings (.npy + ids, or .parquet)"
+    )
+    embed.add_argument("model", help="exported model folder or training run folder")
+    embed.add_argument("inputs", nargs="+", help="audio files and/or folders (searched)")
+    embed.add_argument(
+        "--output",
+        required=True,
+        help="x.npy ([files, D] float32, with the paths in x.ids.txt) or x.parquet "
+        "(columns path, embedding; needs pyarrow)",
+    )
+    embed.add_argument(
+        "--layer",
+        default="last",
+        help="last: mean of the encoder's output over true frames; head: the emotion "
+        "head's pooled input; N: mean of hidden layer N (0 = before the first transformer "
+        "layer, -1 = after the last)",
+    )
+    embed.add_argument("--window", type=_positive_float, default=8.0)
+    embed.add_argument("--batch-size", type=_positive_int, default=8)
+    embed.add_argument("--device", default="cpu")
+    embed.set_defaults(func=_embed)
 
 
 def _sweep(args) -> int:
@@ -201,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         status = args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ImportError) as err:
         # Data problems are the user's to fix: show the message, not a traceback.
         print(f"mtl-ser {args.command}: error: {err}", file=sys.stderr)
         return 2
