@@ -78,6 +78,15 @@ def plot_training_curves(
 
     Returns: the path.
     """
+    fig = training_curves_figure(epochs, title, chosen_epoch)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def training_curves_figure(epochs: Sequence[dict], title: str, chosen_epoch: int | None = None):
+    """The figure of `plot_training_curves` (arguments alike): losses left, validation
+    metrics right. Returns: a matplotlib Figure (the caller closes it)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
 
     def curve(ax, key, label, style="-"):
@@ -107,6 +116,4 @@ def plot_training_curves(
     right.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return fig

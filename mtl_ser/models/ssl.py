@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,10 @@ from mtl_ser.models.masking import lengths_to_mask, masked_mean
 from mtl_ser.models.outputs import EncoderOutput
 
 logger = logging.getLogger(__name__)
+
+if not sys.stderr.isatty():
+    # transformers' "Loading weights" / "Writing model shards" bars: only on a terminal.
+    transformers.utils.logging.disable_progress_bar()
 
 
 @dataclass(frozen=True)
