@@ -121,7 +121,6 @@ def _hf_config(value, key) -> dict:
             f"{key}.model_type is {model_type!r}; buildable encoders: {sorted(BACKBONES)}"
         )
     defaults = BACKBONES[model_type].cls("config")().to_dict()
-    defaults.pop("transformers_version", None)
     unknown = sorted(set(value) - set(defaults))
     if unknown:
         raise SpecError(f"{key} has keys that a {model_type} config does not have: {unknown}")

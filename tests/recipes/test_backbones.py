@@ -115,5 +115,5 @@ def test_hubert_weighted_ctc_head_and_tensorboard(small_manifests, demo_corpus, 
     results = read_json(run / "results.json")
     assert events.Scalars("UA/test")[0].value == pytest.approx(results["ua"])
     assert events.Scalars("UA/test")[0].step == results["best_epoch"]
-    identity = events.Tensors("run/text_summary")[0].string_val[0].decode()
+    identity = events.Tensors("run/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "| protocol | loso |" in identity and "| alpha | 0.1 |" in identity

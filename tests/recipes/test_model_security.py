@@ -29,8 +29,13 @@ def tampered(exported, tmp_path, change) -> "os.PathLike":
     return folder
 
 
-def test_the_untampered_export_loads(exported):
+def test_the_untampered_export_loads(exported, tmp_path):
     assert set(load_exported(exported).modules) == {"encoder", "emotion_head", "ctc_head"}
+
+    def legacy(meta):  # exports made before the encoder was renamed still load
+        meta["spec"]["modules"]["encoder"]["class"] = "mtl_ser.models.wav2vec2.Wav2Vec2Encoder"
+
+    assert load_exported(tampered(exported, tmp_path, legacy)).modules["encoder"].num_layers == 3
 
 
 def test_naming_any_other_callable_is_refused(exported, tmp_path, capsys):
