@@ -126,7 +126,7 @@ class EmotionRecognizer:
 
         Returns: one `Prediction` per item, in the given order (``path`` None for waveforms).
         """
-        names, loaded, errors = self._load_many(items, batch_size, progress, sample_rate)
+        names, paths, loaded, errors = self._load_many(items, batch_size, progress, sample_rate)
         results = [None if e is None else _failed(names[i], e) for i, e in enumerate(errors)]
         ok = [i for i, e in enumerate(errors) if e is None]
         scored = self._predict_waveforms(
@@ -134,8 +134,8 @@ class EmotionRecognizer:
         )
         for i, prediction in zip(ok, scored, strict=True):
             results[i] = prediction
-        for name, prediction in zip(names, results, strict=True):
-            prediction.path = name if _is_path(name) else None
+        for path, prediction in zip(paths, results, strict=True):
+            prediction.path = path
         return results
 
     def embed(self, audio, layer="last", sample_rate: int | None = None) -> np.ndarray:
@@ -160,20 +160,19 @@ class EmotionRecognizer:
     ) -> list[Embedding]:
         """`embed` for many recordings (arguments as for `predict_batch`); one that fails
         gets an `Embedding` with ``error`` set."""
-        names, loaded, errors = self._load_many(items, batch_size, progress, sample_rate)
+        names, paths, loaded, errors = self._load_many(items, batch_size, progress, sample_rate)
+        results = [Embedding(paths[i], None, None, e) for i, e in enumerate(errors)]
         ok = [i for i, e in enumerate(errors) if e is None]
         vectors = self._embed_waveforms(
             [loaded[i] for i in ok], [names[i] for i in ok], layer, batch_size, progress, True
         )
         for i, vector in zip(ok, vectors, strict=True):
-            errors[i] = vector if isinstance(vector, str) else None
-            loaded[i] = (vector, loaded[i].shape[0] / self.model.sample_rate)
-        return [
-            Embedding(names[i] if _is_path(names[i]) else None, *loaded[i])
-            if errors[i] is None
-            else Embedding(names[i] if _is_path(names[i]) else None, None, None, errors[i])
-            for i in range(len(names))
-        ]
+            if isinstance(vector, str):  # too short
+                results[i].error = vector
+            else:
+                results[i].vector = vector
+                results[i].duration = loaded[i].shape[0] / self.model.sample_rate
+        return results
 
     # ----------------------------------------------------------------------------- helpers
     def _load(self, audio, sample_rate, name: str) -> tuple[str | None, torch.Tensor]:
@@ -210,7 +209,11 @@ class EmotionRecognizer:
         return None, to_mono_rate(waveform, int(sample_rate), self.model.sample_rate)
 
     def _load_many(self, items, batch_size, progress, sample_rate):
-        """Reads every item: (names, waveforms or None, error messages or None)."""
+        """Reads every item.
+
+        Returns: (names for messages, file paths or None for waveforms, waveforms or None,
+        error messages or None), one entry per item.
+        """
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if isinstance(items, _WAVEFORM_TYPES):
@@ -220,16 +223,17 @@ class EmotionRecognizer:
                     f"an array of shape {list(items.shape)} (one recording: use predict)"
                 )
             items = list(items)
-        names, loaded, errors = [], [], []
+        names, paths, loaded, errors = [], [], [], []
         for i, item in enumerate(tqdm(items, desc="reading", disable=_disable(progress))):
-            names.append(str(item) if isinstance(item, str | Path) else f"{_WAVEFORM_NAME} {i}")
+            paths.append(str(item) if isinstance(item, str | Path) else None)
+            names.append(paths[-1] or f"waveform {i}")
             try:
                 loaded.append(self._load(item, sample_rate, names[-1])[1])
                 errors.append(None)
             except (ValueError, FileNotFoundError, TypeError) as err:
                 loaded.append(None)
                 errors.append(str(err))
-        return names, loaded, errors
+        return names, paths, loaded, errors
 
     def windows(self, n_samples: int) -> list[tuple[int, int]]:
         """Splits ``n_samples`` into ceil(duration / window) equal windows: [(start, end)]."""
@@ -389,11 +393,6 @@ class EmotionRecognizer:
 
 
 _WAVEFORM_TYPES = (np.ndarray, torch.Tensor)
-_WAVEFORM_NAME = "waveform"  # "waveform 3": the 4th item of a batch, when it is not a file
-
-
-def _is_path(name: str) -> bool:
-    return not name.startswith(f"{_WAVEFORM_NAME} ")
 
 
 def _disable(progress) -> bool | None:

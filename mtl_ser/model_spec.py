@@ -91,7 +91,9 @@ def _json_like(value, key):
 
 
 def _same_kind(value, default, key):
-    """``value`` of the JSON kind of the config class's default ``default``."""
+    """``value`` of the JSON kind of the config class's default ``default`` (or null)."""
+    if value is None:
+        return None
     if isinstance(default, bool):
         return _bool(value, key)
     if isinstance(default, int):

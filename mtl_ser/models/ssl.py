@@ -390,10 +390,12 @@ class SSLEncoder(nn.Module):
         return self.backbone.model_type
 
     def export_kwargs(self) -> dict:
-        """Constructor arguments that rebuild this architecture offline (weights apart)."""
-        config = self.model.config.to_dict()
-        for key in ("_name_or_path", "transformers_version", "architectures", "dtype"):
-            config.pop(key, None)
+        """Constructor arguments that rebuild this architecture offline (weights apart):
+        the config's attributes that its class defines (hub configs also carry keys of
+        older transformers versions, which nothing reads) and the normalisation."""
+        known = set(self.backbone.cls("config")().to_dict())
+        known -= {"_name_or_path", "transformers_version", "architectures", "dtype"}
+        config = {k: v for k, v in self.model.config.to_dict().items() if k in known}
         return {"source": config, "normalize_waveform": self.normalize_waveform}
 
     def train(self, mode: bool = True):

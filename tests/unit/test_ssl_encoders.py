@@ -299,3 +299,38 @@ def test_data2vec_positional_convolutions_would_leak_padding():
         alone = encoder(wavs[2:3, : LENGTHS[2]], torch.ones(1))
     t = alone.lengths.item()
     assert (batch.hidden[2, :t] - alone.hidden[0]).abs().max() > 1e-2
+
+
+def test_hub_configs_with_legacy_keys_export_a_loadable_spec(tmp_path):
+    """Hub config.json files carry keys of older transformers versions; the exported spec
+    keeps the config class's own keys only, so the allow-list accepts it."""
+    import json
+
+    from mtl_ser.export import module_spec
+    from mtl_ser.model_spec import build_module, validate_spec
+
+    save_checkpoint(tmp_path, "tiny", do_normalize=True)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.update(gradient_checkpointing=True, feat_extract_dropout=0.0, torch_dtype="float32")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    encoder = SSLEncoder(str(tmp_path))
+    head = {
+        "class": "mtl_ser.models.heads.EmotionHead",
+        "kwargs": {"input_size": 64, "n_classes": 2},
+    }
+    spec = {
+        "format": 1,
+        "modules": {"encoder": module_spec(encoder), "emotion_head": head},
+        "labels": ["a", "b"],
+        "vocab": ["<blank>", "A"],
+        "sample_rate": 16000,
+        "channels": "mean",
+    }
+    checked = validate_spec(json.loads(json.dumps(spec)), "spec.json")
+    rebuilt = build_module(checked["modules"]["encoder"])
+    rebuilt.load_state_dict(encoder.state_dict())
+    wavs, rel = padded_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            rebuilt.eval()(wavs, rel).hidden, encoder.eval()(wavs, rel).hidden
+        )
