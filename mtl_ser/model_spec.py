@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
+from mtl_ser.models.backbones import BACKBONES
 from mtl_ser.models.cnn import NORMALIZATIONS, CNNEncoder
 from mtl_ser.models.heads import LAYER_CHOICES, POOLINGS, CTCHead, EmotionHead
-from mtl_ser.models.ssl import BACKBONES, SSLEncoder
+from mtl_ser.models.ssl import SSLEncoder
 
 SPEC_FORMAT = 1
 INFERENCE_MODULES = ("encoder", "emotion_head", "ctc_head")
