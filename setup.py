@@ -17,7 +17,7 @@ setup(
     packages=find_packages(include=["mtl_ser", "mtl_ser.*"]),
     package_data={"mtl_ser": ["data/*.txt"]},
     install_requires=[
-        "torch>=2.1,<=2.14.1",
+        "torch>=2.6,<=2.14.1",  # 2.6: torch.load(weights_only=True) is safe (CVE-2025-32434)
         "torchaudio>=2.1",
         "speechbrain>=1.1,<1.2",
         "transformers>=4.40",
@@ -35,9 +35,14 @@ setup(
         "submitit>=1.5,<2",
     ],
     extras_require={
-        "dev": ["pytest", "ruff"],
+        "dev": ["pytest", "ruff", "tensorboard>=2.14"],
         # `mtl-ser prepare hf`: Hugging Face datasets (pulls pyarrow and pandas).
         "hf": ["datasets>=2.14"],
+        # --tracker=...: each imported only when chosen
+        "tensorboard": ["tensorboard>=2.14"],
+        "wandb": ["wandb>=0.16"],
+        "mlflow": ["mlflow>=2.9"],
+        "parquet": ["pyarrow>=14"],  # mtl-ser embed --output x.parquet
     },
     entry_points={"console_scripts": ["mtl-ser=mtl_ser.cli:main"]},
 )

@@ -88,7 +88,7 @@ def train_epoch(config: Config, hparams: dict, n_classes: int) -> float:
     start = time.perf_counter()
     for batch in config.loader():
         feats, lens = augment(*batch.feats)
-        out, frames = encoder(feats, lens)
+        out, frames, _ = encoder(feats, lens)
         logits = head(out, frames)
         loss = torch.nn.functional.cross_entropy(logits, batch.emo_encoded.data.squeeze(-1))
         optimizer.zero_grad()

@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mtl_ser.models.heads import CTCHead, EmotionHead
 from mtl_ser.models.objective import MultiTaskObjective
-from mtl_ser.models.wav2vec2 import Wav2Vec2Encoder
+from mtl_ser.models.ssl import SSLEncoder
 
 SAMPLE_RATE = 16000
 DURATIONS = (2.0, 4.5, 8.0, 16.0)
@@ -50,7 +50,7 @@ PROTOCOLS = {"loso": (5, (0.72, 0.08, 0.20)), "cai2021": (10, (0.81, 0.09, 0.10)
 
 
 def build(n_classes: int = 4, n_tokens: int = 29):
-    encoder = Wav2Vec2Encoder("random:base")
+    encoder = SSLEncoder("random:base")
     # The fused SDPA kernel of the CPU inference path is invisible to FlopCounterMode; eager
     # attention does the same arithmetic in countable matmuls.
     encoder.model.config._attn_implementation = "eager"
@@ -76,7 +76,7 @@ def step_flops(modules, seconds: float, train: bool) -> tuple[int, float]:
             m.train(train)
             m.zero_grad(set_to_none=True)
         with torch.set_grad_enabled(train):
-            hidden, frames = encoder(wav, rel)
+            hidden, frames, _ = encoder(wav, rel)
             logits = emotion(hidden, frames)
             log_probs = ctc(hidden)
             if train:

@@ -24,7 +24,7 @@ from mtl_ser.data.text import CharVocabulary
 from mtl_ser.export import LoadedModel
 from mtl_ser.inference import EmotionRecognizer
 from mtl_ser.models.heads import CTCHead, EmotionHead
-from mtl_ser.models.wav2vec2 import Wav2Vec2Encoder
+from mtl_ser.models.ssl import SSLEncoder
 
 LABELS = ("neu", "hap", "ang", "sad")
 
@@ -32,7 +32,7 @@ LABELS = ("neu", "hap", "ang", "sad")
 def recognizer(preset: str) -> EmotionRecognizer:
     """A random-weight multi-task model with the given encoder preset."""
     torch.manual_seed(0)
-    encoder = Wav2Vec2Encoder(f"random:{preset}")
+    encoder = SSLEncoder(f"random:{preset}")
     vocab = CharVocabulary()
     modules = {
         "encoder": encoder,

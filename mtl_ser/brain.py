@@ -79,7 +79,8 @@ class EmotionBrain(sb.Brain):
     input, or null), ``lr_encoder``, ``lr_heads``, ``encoder_opt_class``,
     ``heads_opt_class``, ``warmup_fraction``, ``lr_decay``, ``number_of_epochs``,
     ``grad_clip``, ``checkpoint_selection``, ``epoch_counter`` (an
-    `mtl_ser.stopping.EarlyStoppingCounter`), ``train_logger``, ``output_folder``; and
+    `mtl_ser.stopping.EarlyStoppingCounter`), ``train_logger``, ``experiment_tracker``,
+    ``output_folder``; and
     SpeechBrain's run options ``max_grad_norm``, ``grad_accumulation_factor``,
     ``nonfinite_patience``.
     """
@@ -132,12 +133,14 @@ class EmotionBrain(sb.Brain):
         inputs, input_lens = batch.sig if self.hparams.features is None else batch.feats
         if stage == sb.Stage.TRAIN and self.hparams.batch_augment is not None:
             inputs, input_lens = self.hparams.batch_augment(inputs, input_lens)
-        feats, frame_lens = self.modules.encoder(inputs, input_lens)
-        # One dropout mask shared by both heads, as the released code's `final_dropout`.
-        feats = F.dropout(feats, self.hparams.head_dropout, training=stage == sb.Stage.TRAIN)
-        emo_logits = self.modules.emotion_head(feats, frame_lens)
-        ctc_log_probs = self.modules.ctc_head(feats) if self.objective.ctc_enabled else None
-        return Outputs(emo_logits, ctc_log_probs, frame_lens)
+        # Every head gets the encoder's output and hidden layers and reads what it needs.
+        enc = self.modules.encoder(inputs, input_lens)
+        # One dropout mask on the last layer shared by both heads, as the released code's
+        # `final_dropout` (heads reading a weighted sum of layers have their own dropout).
+        hidden = F.dropout(enc.hidden, self.hparams.head_dropout, training=stage == sb.Stage.TRAIN)
+        emo_logits = self.modules.emotion_head(hidden, enc.lengths, enc.layers)
+        ctc = self.modules.ctc_head(hidden, enc.layers) if self.objective.ctc_enabled else None
+        return Outputs(emo_logits, ctc, enc.lengths)
 
     def compute_objectives(self, outputs: Outputs, batch, stage) -> torch.Tensor:
         """The weighted loss; keeps the batch's per-task losses and, outside training, its
@@ -417,6 +420,9 @@ class EmotionBrain(sb.Brain):
             train_stats=_loggable(self.train_stats),
             valid_stats=_loggable(valid_stats),
         )
+        self.hparams.experiment_tracker.log_epoch(
+            self.identity, epoch, lrs, self.train_stats, valid_stats
+        )
         entry = {"epoch": epoch, "batches": self.batches_per_epoch}
         entry.update({"optimizer_steps": self.epoch_steps, **lrs})
         entry.update({f"train_{k}": v for k, v in self.train_stats.items()})
@@ -438,6 +444,7 @@ class EmotionBrain(sb.Brain):
             stats_meta={"test from epoch": tested.meta["epoch"]},
             test_stats=_loggable(stats),
         )
+        self.hparams.experiment_tracker.log_test(self.identity, tested.meta["epoch"], stats)
         if not if_main_process():
             return
         identity = {

@@ -3,6 +3,12 @@
 mtl-ser prepare iemocap|csv|ravdess|crema-d|msp-podcast|hf --output-folder O ...
 mtl-ser demo-data OUT [--seed N]
 mtl-ser evaluate MODEL MANIFEST_OR_CSV --output DIR [--label-map a=b,...]
+mtl-ser export RUN OUT [--format mtl_ser|hf]
+mtl-ser predict MODEL FILES... [--output x.csv|x.json]
+mtl-ser embed MODEL FILES... --output x.npy|x.parquet [--layer last|head|N]
+mtl-ser sweep HPARAMS [--alphas ... --folds ... --launcher local|slurm|submitit-local] [-- ARGS]
+mtl-ser sweep --status OUT
+mtl-ser report FOLDERS... [--output-folder O]
 """
 
 from __future__ import annotations
@@ -73,10 +79,13 @@ def _demo_data(args) -> None:
 
 
 def _export(args) -> None:
-    from mtl_ser.export import export_run
+    if args.format == "hf":
+        from mtl_ser.export_hf import export_hf as export
+    else:
+        from mtl_ser.export import export_run as export
 
-    out = export_run(args.run_folder, args.out_dir)
-    print(f"exported {args.run_folder} to {out}")
+    out = export(args.run_folder, args.out_dir)
+    print(f"exported {args.run_folder} to {out} ({args.format} format)")
 
 
 def _predict(args) -> int:
@@ -89,7 +98,8 @@ def _predict(args) -> int:
     files = collect_audio_files(args.inputs)
     if not files:
         raise FileNotFoundError(f"no audio files in {args.inputs}")
-    predictions = model.predict_batch(files, batch_size=args.batch_size, progress=True)
+    # Progress bars only on a terminal; the summary line below either way.
+    predictions = model.predict_batch(files, batch_size=args.batch_size, progress=None)
     write_predictions(predictions, model.labels, args.output)
     failed = [p for p in predictions if p.error]
     for p in failed:
@@ -99,10 +109,56 @@ def _predict(args) -> int:
     return 1 if failed else 0
 
 
+def _embed(args) -> int:
+    from mtl_ser.inference import load_model
+    from mtl_ser.predict import collect_audio_files, write_embeddings
+
+    output = Path(args.output)
+    if output.suffix.lower() not in (".npy", ".parquet"):
+        raise ValueError(f"--output must end in .npy or .parquet, not {args.output}")
+    model = load_model(args.model, window=args.window, device=args.device)
+    files = collect_audio_files(args.inputs)
+    if not files:
+        raise FileNotFoundError(f"no audio files in {args.inputs}")
+    layer = int(args.layer) if args.layer.lstrip("-").isdigit() else args.layer
+    embeddings = model.embed_batch(files, layer=layer, batch_size=args.batch_size, progress=None)
+    ok = [e for e in embeddings if e.error is None]
+    written = write_embeddings(ok, output) if ok else []
+    for e in embeddings:
+        if e.error:
+            print(f"failed: {e.error}", file=sys.stderr)
+    print(
+        f"{len(ok)} of {len(files)} file(s) embedded to {', '.join(map(str, written)) or '-'}",
+        file=sys.stderr,
+    )
+    return 1 if len(ok) < len(files) else 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
 def _add_inference(subparsers) -> None:
     export = subparsers.add_parser("export", help="a finished run -> self-contained model folder")
     export.add_argument("run_folder")
     export.add_argument("out_dir")
+    export.add_argument(
+        "--format",
+        choices=("mtl_ser", "hf"),
+        default="mtl_ser",
+        help="mtl_ser: for mtl_ser's loader and `predict`; hf: a folder transformers loads "
+        "(AutoModelForAudioClassification, pipeline), the CTC head in OUT/ctc",
+    )
     export.set_defaults(func=_export)
 
     predict = subparsers.add_parser(
@@ -113,10 +169,35 @@ def _add_inference(subparsers) -> None:
     predict.add_argument(
         "--output", default=None, help="results .csv or .json (default: CSV on stdout)"
     )
-    predict.add_argument("--window", type=float, default=8.0, help="seconds scored at once")
-    predict.add_argument("--batch-size", type=int, default=8)
+    predict.add_argument(
+        "--window", type=_positive_float, default=8.0, help="seconds scored at once"
+    )
+    predict.add_argument("--batch-size", type=_positive_int, default=8)
     predict.add_argument("--device", default="cpu")
     predict.set_defaults(func=_predict)
+
+    embed = subparsers.add_parser(
+        "embed", help="utterance-level vectors of recordings (.npy + ids, or .parquet)"
+    )
+    embed.add_argument("model", help="exported model folder or training run folder")
+    embed.add_argument("inputs", nargs="+", help="audio files and/or folders (searched)")
+    embed.add_argument(
+        "--output",
+        required=True,
+        help="x.npy ([files, D] float32, with the paths in x.ids.txt) or x.parquet "
+        "(columns path, embedding; needs pyarrow)",
+    )
+    embed.add_argument(
+        "--layer",
+        default="last",
+        help="last: mean of the encoder's output over true frames; head: the emotion "
+        "head's pooled input; N: mean of hidden layer N (0 = before the first transformer "
+        "layer, -1 = after the last)",
+    )
+    embed.add_argument("--window", type=_positive_float, default=8.0)
+    embed.add_argument("--batch-size", type=_positive_int, default=8)
+    embed.add_argument("--device", default="cpu")
+    embed.set_defaults(func=_embed)
 
 
 def _sweep(args) -> int:
@@ -165,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         status = args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ImportError) as err:
         # Data problems are the user's to fix: show the message, not a traceback.
         print(f"mtl-ser {args.command}: error: {err}", file=sys.stderr)
         return 2

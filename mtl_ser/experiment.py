@@ -22,7 +22,9 @@ from pathlib import Path
 import speechbrain as sb
 import torch
 from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.tag import Tag
 
 import mtl_ser
 from mtl_ser.data.labels import LabelSet
@@ -53,7 +55,7 @@ def parse_arguments(argv: list[str]):
     layers += [_read_mapping(path) for path in files]
     if cli_overrides:
         layers.append(_YAML.load(cli_overrides) or {})
-    return base_file, run_opts, merge_layers(layers)
+    return base_file, run_opts, merge_layers(layers, base=_read_mapping(base_file))
 
 
 def given_keys(argv: list[str]) -> list[str]:
@@ -96,12 +98,20 @@ def resolve_extends(hparams_file: str | Path) -> tuple[str, list]:
         path = base
 
 
-def merge_layers(layers: list) -> str:
+def merge_layers(layers: list, base: dict | None = None) -> str:
     """Merges override mappings (later wins; nested mappings merge key by key, as
-    HyperPyYAML does) into one YAML string for ``load_hyperpyyaml``; "" when empty."""
+    HyperPyYAML does) into one YAML string for ``load_hyperpyyaml``; "" when empty.
+
+    ``base`` (the hparams file's mapping) lets an override give a key an object of another
+    class (``train_logger: !new:...TensorboardLogger``): HyperPyYAML would merge its
+    arguments into the base object's and keep the base's class, so such a value is passed
+    wrapped in `replacement`, which HyperPyYAML substitutes whole.
+    """
     merged = {}
     for layer in layers:
         merge_into(merged, layer)
+    if base is not None:
+        _wrap_new_classes(merged, base)
     if not merged:
         return ""
     out = io.StringIO()
@@ -110,12 +120,45 @@ def merge_layers(layers: list) -> str:
 
 
 def merge_into(target: dict, layer: dict) -> None:
-    """Updates ``target`` with ``layer`` in place; nested mappings merge key by key."""
+    """Updates ``target`` with ``layer`` in place; nested mappings merge key by key, except
+    that a mapping tagged with another class (``!new:...``) replaces the old one whole."""
     for key, value in layer.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            merge_into(target[key], value)
+        old = target.get(key)
+        if isinstance(value, dict) and isinstance(old, dict) and not _retagged(old, value):
+            merge_into(old, value)
         else:
             target[key] = value
+
+
+def _tag(node) -> str | None:
+    """The YAML tag of a ruamel node (or of the sweep's plain ``{"__tag__": ...}`` form)."""
+    tag = getattr(getattr(node, "tag", None), "value", None)
+    if tag is None and isinstance(node, dict):
+        tag = node.get("__tag__")
+    return tag
+
+
+def _retagged(old, new) -> bool:
+    return _tag(new) is not None and _tag(new) != _tag(old)
+
+
+def replacement(value):
+    """Returns ``value``: the wrapper `merge_layers` puts around an override object of
+    another class than the base's (a one-element list, which HyperPyYAML does not merge)."""
+    return value
+
+
+def _wrap_new_classes(overrides: dict, base: dict) -> None:
+    for key, value in overrides.items():
+        old = base.get(key) if isinstance(base, dict) else None
+        if not (isinstance(value, dict) and isinstance(old, dict)):
+            continue
+        if _retagged(old, value):
+            wrapped = CommentedSeq([value])
+            wrapped.yaml_set_ctag(Tag(suffix="!apply:mtl_ser.experiment.replacement"))
+            overrides[key] = wrapped
+        else:
+            _wrap_new_classes(value, old)
 
 
 def prepare_data(hparams: dict) -> None:

@@ -17,7 +17,6 @@ writes a folder that loads without the training YAML, the data or the network::
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from dataclasses import dataclass
@@ -30,11 +29,10 @@ from mtl_ser.checkpoints import CrashSafeCheckpointer, find_selected_checkpoint
 from mtl_ser.data.audio import SAMPLE_RATE
 from mtl_ser.data.labels import LabelSet
 from mtl_ser.data.text import CharVocabulary
+from mtl_ser.model_spec import INFERENCE_MODULES, SPEC_FORMAT, build_module, validate_spec
 
 SPEC_FILE = "model_spec.json"
 EXPORT_FILE = "mtl_ser_model.json"
-SPEC_FORMAT = 1
-INFERENCE_MODULES = ("encoder", "emotion_head", "ctc_head")
 
 
 def module_spec(module: torch.nn.Module) -> dict:
@@ -43,20 +41,6 @@ def module_spec(module: torch.nn.Module) -> dict:
     if not hasattr(module, "export_kwargs"):
         raise TypeError(f"{cls.__qualname__} cannot be exported: it has no export_kwargs()")
     return {"class": f"{cls.__module__}.{cls.__qualname__}", "kwargs": module.export_kwargs()}
-
-
-def build_module(spec: dict) -> torch.nn.Module:
-    """Instantiates a module from `module_spec` output (random weights).
-
-    Only classes of the mtl_ser package are accepted: a model folder must not be able to
-    import arbitrary code.
-    """
-    path = spec["class"]
-    if not path.startswith("mtl_ser."):
-        raise ValueError(f"refusing to build {path!r}: only mtl_ser classes can be loaded")
-    module_name, _, class_name = path.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(**spec["kwargs"])
 
 
 def write_model_spec(
@@ -86,6 +70,8 @@ def write_model_spec(
         "channels": "mean",  # multi-channel input is averaged to mono
     }
     path = Path(folder) / SPEC_FILE
+    # Refuse now, not at export time, a model that could not be loaded back.
+    validate_spec(json.loads(json.dumps(spec)), path)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(spec, indent=2) + "\n")
     os.replace(tmp, path)
@@ -105,8 +91,8 @@ class LoadedModel:
 
 
 def _from_spec(spec: dict, state_dicts: dict[str, dict], info: dict) -> LoadedModel:
-    """Builds every module of ``spec``, loads its weights and wraps them with the spec's
-    labels, vocabulary and audio settings."""
+    """Builds every module of a validated ``spec``, loads its weights and wraps them with
+    the spec's labels, vocabulary and audio settings."""
     modules = {}
     for name, module_spec_ in spec["modules"].items():
         module = build_module(module_spec_)
@@ -122,10 +108,39 @@ def _from_spec(spec: dict, state_dicts: dict[str, dict], info: dict) -> LoadedMo
     )
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a checkpoint file, never running code from it.
+
+    ``.safetensors`` files are read as such; anything else (SpeechBrain's ``.ckpt``, a torch
+    pickle) only with ``weights_only=True``, which `TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD` does not
+    override. Raises ValueError naming the file when it holds anything but tensors.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError and friends: refuse, whatever the cause
+        raise ValueError(
+            f"{path}: refusing to load it: not a plain tensor checkpoint ({type(err).__name__})"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: not a state dict of tensors")
+    return state
+
+
 def load_run(run_folder: str | Path) -> LoadedModel:
     """Loads the best checkpoint (by validation UA) of a finished or running training run.
 
-    Raises FileNotFoundError naming what is missing (model_spec.json, checkpoints).
+    Raises FileNotFoundError naming what is missing (model_spec.json, checkpoints), ValueError
+    for a model spec outside the allow-list or a checkpoint that is not plain tensors.
     """
     run = Path(run_folder)
     spec_path = run / SPEC_FILE
@@ -134,9 +149,9 @@ def load_run(run_folder: str | Path) -> LoadedModel:
             f"{spec_path} not found: {run} is not a training run folder of mtl_ser "
             "(or was trained by a version that did not save model specs)"
         )
-    spec = json.loads(spec_path.read_text())
+    spec = validate_spec(_read_json(spec_path), spec_path)
     results_path = run / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else None
+    results = _read_json(results_path) if results_path.is_file() else None
     # The checkpoint the run itself tested (a run still training: the best on validation).
     selection = (results or {}).get("checkpoint_selection", "best_valid")
     checkpoint = find_selected_checkpoint(CrashSafeCheckpointer(run / "save"), selection)
@@ -147,9 +162,7 @@ def load_run(run_folder: str | Path) -> LoadedModel:
     for name in spec["modules"]:
         if name not in checkpoint.paramfiles:
             raise FileNotFoundError(f"checkpoint {checkpoint.path} has no {name}.ckpt")
-        state_dicts[name] = torch.load(
-            checkpoint.paramfiles[name], map_location="cpu", weights_only=True
-        )
+        state_dicts[name] = load_tensors(checkpoint.paramfiles[name])
     info = {
         "source_run": str(run.resolve()),
         "checkpoint": checkpoint.path.name,
@@ -161,11 +174,14 @@ def load_run(run_folder: str | Path) -> LoadedModel:
 
 
 def load_exported(folder: str | Path) -> LoadedModel:
-    """Loads a folder written by `export_run` (no YAML, data or network needed)."""
+    """Loads a folder written by `export_run` (no YAML, data or network needed; only the
+    allow-listed module classes of `mtl_ser.model_spec`, weights from safetensors)."""
     folder = Path(folder)
-    meta = json.loads((folder / EXPORT_FILE).read_text())
-    spec = meta["spec"]
-    state_dicts = {name: load_file(str(folder / f"{name}.safetensors")) for name in spec["modules"]}
+    meta = _read_json(folder / EXPORT_FILE)
+    if not isinstance(meta, dict) or set(meta) != {"spec", "info"}:
+        raise ValueError(f"{folder / EXPORT_FILE}: expected exactly the keys spec and info")
+    spec = validate_spec(meta["spec"], folder / EXPORT_FILE)
+    state_dicts = {name: load_tensors(folder / f"{name}.safetensors") for name in spec["modules"]}
     return _from_spec(spec, state_dicts, meta["info"])
 
 
@@ -200,8 +216,9 @@ def _percent(value) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
-def model_card(model: LoadedModel, spec: dict) -> str:
-    """A short README for an exported model: identity, test metrics, usage."""
+def model_card(model: LoadedModel, spec: dict, usage: list[str] | None = None) -> str:
+    """A short README for an exported model: identity, test metrics, and ``usage`` lines
+    (default: how to use it with mtl_ser)."""
     results = model.info["results"] or {}
     has_ctc = "ctc_head" in model.modules
     wer = results.get("wer")
@@ -227,6 +244,10 @@ def model_card(model: LoadedModel, spec: dict) -> str:
         f"| test utterances | {results.get('num_utterances')} |",
         f"| audio | {spec['sample_rate']} Hz mono (other rates are resampled, channels averaged) |",
         "",
+    ]
+    if usage is not None:
+        return "\n".join(lines + usage)
+    lines += [
         "```python",
         "from mtl_ser import load_model",
         "model = load_model('path/to/this/folder')",

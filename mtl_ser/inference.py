@@ -4,6 +4,10 @@ A recording longer than the window (default 8 s) is cut into equal windows of at
 length, scored independently (as training utterances were); the overall emotion is the
 duration-weighted mean of the window probabilities and the transcript joins the windows'
 greedy CTC transcripts (a word straddling a window boundary may come out split).
+
+Waveforms given to the Python API are ``[time]`` or ``[channels, time]`` (channels first, at
+most `MAX_CHANNELS`); a ``[batch, time]`` array of recordings goes to `predict_batch`.
+Non-finite samples are refused with an error naming the input.
 """
 
 from __future__ import annotations
@@ -17,10 +21,16 @@ import torch
 from speechbrain.decoders.ctc import ctc_greedy_decode
 from tqdm import tqdm
 
-from mtl_ser.data.audio import load_audio, to_mono_rate
+from mtl_ser.data.audio import load_audio, require_finite, to_mono_rate
 from mtl_ser.export import EXPORT_FILE, SPEC_FILE, LoadedModel, load_exported, load_run
+from mtl_ser.models.masking import lengths_to_mask, masked_mean
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")
+# A 2-D waveform is [channels, time]; more rows than this is more likely a batch of
+# recordings or a [time, channels] array, so it is refused rather than guessed.
+MAX_CHANNELS = 8
+# `embed` layers besides an index into the encoder's hidden layers.
+EMBEDDING_LAYERS = ("last", "head")
 
 
 @dataclass
@@ -52,6 +62,17 @@ class Prediction:
     error: str | None = None
 
 
+@dataclass
+class Embedding:
+    """An utterance-level vector of one recording (``vector`` None and ``error`` set when the
+    recording could not be embedded)."""
+
+    path: str | None
+    vector: np.ndarray | None  # [D] float32
+    duration: float | None
+    error: str | None = None
+
+
 class EmotionRecognizer:
     """A loaded model ready for recordings.
 
@@ -76,53 +97,143 @@ class EmotionRecognizer:
         """Scores one recording.
 
         Args:
-            audio: a file path, or a waveform (``[time]`` or ``[time, channels]`` array or
+            audio: a file path, or a waveform (``[time]`` or ``[channels, time]`` array or
                 tensor) with its ``sample_rate``.
             sample_rate: required with a waveform.
 
-        Returns: a `Prediction`. Raises ValueError for an unreadable, empty or too short input.
+        Returns: a `Prediction`. Raises ValueError for an unreadable, empty, non-finite,
+        badly shaped or too short input.
         """
-        path, waveform = self._load(audio, sample_rate)
-        predictions = self._predict_waveforms([waveform], [path], batch_size=1)
+        path, waveform = self._load(audio, sample_rate, "the waveform")
+        predictions = self._predict_waveforms([waveform], [path or "the waveform"], batch_size=1)
         if predictions[0].error:
             raise ValueError(predictions[0].error)
+        predictions[0].path = path
         return predictions[0]
 
     def predict_batch(
-        self, paths: list[str | Path], batch_size: int = 8, progress: bool = False
+        self, items, batch_size: int = 8, progress: bool | None = False, sample_rate=None
     ) -> list[Prediction]:
-        """Scores many files, batching their windows; a file that cannot be read or scored
+        """Scores many recordings, batching their windows; one that cannot be read or scored
         gets a `Prediction` with ``error`` set and does not stop the others.
 
-        Returns: one `Prediction` per path, in the given order.
+        Args:
+            items: file paths and / or waveforms (``[time]`` or ``[channels, time]``), or one
+                ``[batch, time]`` array or tensor of equally long recordings.
+            batch_size: windows scored at once (>= 1).
+            progress: progress bars (None: only on a terminal).
+            sample_rate: the rate of the waveforms (required with waveforms).
+
+        Returns: one `Prediction` per item, in the given order (``path`` None for waveforms).
         """
-        results: list[Prediction | None] = [None] * len(paths)
-        waveforms, names, positions = [], [], []
-        for i, p in enumerate(tqdm(paths, desc="reading", disable=not progress, unit="file")):
-            try:
-                waveforms.append(self._load(p, None)[1])
-                names.append(str(p))
-                positions.append(i)
-            except (ValueError, FileNotFoundError) as err:
-                results[i] = _failed(str(p), str(err))
-        scored = self._predict_waveforms(waveforms, names, batch_size, progress)
-        for i, prediction in zip(positions, scored, strict=True):
+        names, paths, loaded, errors = self._load_many(items, batch_size, progress, sample_rate)
+        results = [None if e is None else _failed(names[i], e) for i, e in enumerate(errors)]
+        ok = [i for i, e in enumerate(errors) if e is None]
+        scored = self._predict_waveforms(
+            [loaded[i] for i in ok], [names[i] for i in ok], batch_size, progress
+        )
+        for i, prediction in zip(ok, scored, strict=True):
             results[i] = prediction
+        for path, prediction in zip(paths, results, strict=True):
+            prediction.path = path
+        return results
+
+    def embed(self, audio, layer="last", sample_rate: int | None = None) -> np.ndarray:
+        """An utterance-level vector of one recording.
+
+        Args:
+            audio: a file path or a waveform, as for `predict`.
+            layer: "last" (the mean over true frames of the encoder's output), "head" (the
+                vector the emotion classifier reads: its pooling of its input), or an index
+                into the encoder's hidden layers (0 = the first transformer layer's input,
+                -1 the last layer's output; mean over true frames).
+            sample_rate: required with a waveform.
+
+        Returns: ``[D]`` float32. A recording longer than the window is embedded per window
+        and the vectors averaged, weighted by window length.
+        """
+        path, waveform = self._load(audio, sample_rate, "the waveform")
+        return self._embed_waveforms([waveform], [path or "the waveform"], layer, 1, False)[0]
+
+    def embed_batch(
+        self, items, layer="last", batch_size: int = 8, progress=False, sample_rate=None
+    ) -> list[Embedding]:
+        """`embed` for many recordings (arguments as for `predict_batch`); one that fails
+        gets an `Embedding` with ``error`` set."""
+        names, paths, loaded, errors = self._load_many(items, batch_size, progress, sample_rate)
+        results = [Embedding(paths[i], None, None, e) for i, e in enumerate(errors)]
+        ok = [i for i, e in enumerate(errors) if e is None]
+        vectors = self._embed_waveforms(
+            [loaded[i] for i in ok], [names[i] for i in ok], layer, batch_size, progress, True
+        )
+        for i, vector in zip(ok, vectors, strict=True):
+            if isinstance(vector, str):  # too short
+                results[i].error = vector
+            else:
+                results[i].vector = vector
+                results[i].duration = loaded[i].shape[0] / self.model.sample_rate
         return results
 
     # ----------------------------------------------------------------------------- helpers
-    def _load(self, audio, sample_rate) -> tuple[str | None, torch.Tensor]:
+    def _load(self, audio, sample_rate, name: str) -> tuple[str | None, torch.Tensor]:
         """Returns (path or None, mono waveform ``[time]`` at the model's rate)."""
         if isinstance(audio, str | Path):
             if not Path(audio).is_file():
                 raise FileNotFoundError(f"{audio}: no such file")
             return str(audio), load_audio(audio, self.model.sample_rate)
-        if sample_rate is None:
-            raise ValueError("a waveform needs its sample_rate")
-        waveform = torch.as_tensor(np.asarray(audio), dtype=torch.float32)
+        if not isinstance(audio, _WAVEFORM_TYPES):
+            raise TypeError(
+                f"{name}: expected a file path, a numpy array or a torch tensor, "
+                f"not {type(audio).__name__}"
+            )
+        if sample_rate is None or int(sample_rate) <= 0:
+            raise ValueError(f"{name}: a waveform needs its sample_rate (> 0), got {sample_rate}")
+        waveform = torch.as_tensor(audio).detach().to("cpu", torch.float32)
+        if waveform.dim() == 2:
+            if waveform.shape[0] > MAX_CHANNELS:
+                raise ValueError(
+                    f"{name}: a 2-D waveform is read as [channels, time], and "
+                    f"{waveform.shape[0]} channels is more than {MAX_CHANNELS}: pass a "
+                    "[batch, time] array of recordings to predict_batch, or transpose a "
+                    "[time, channels] array"
+                )
+            waveform = waveform.T  # to_mono_rate averages [time, channels]
+        elif waveform.dim() != 1:
+            raise ValueError(
+                f"{name}: expected a waveform [time] or [channels, time], got shape "
+                f"{list(waveform.shape)}"
+            )
         if waveform.numel() == 0:
-            raise ValueError("the waveform holds no samples")
-        return None, to_mono_rate(waveform, sample_rate, self.model.sample_rate)
+            raise ValueError(f"{name}: the waveform holds no samples")
+        require_finite(waveform, name)
+        return None, to_mono_rate(waveform, int(sample_rate), self.model.sample_rate)
+
+    def _load_many(self, items, batch_size, progress, sample_rate):
+        """Reads every item.
+
+        Returns: (names for messages, file paths or None for waveforms, waveforms or None,
+        error messages or None), one entry per item.
+        """
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if isinstance(items, _WAVEFORM_TYPES):
+            if items.ndim != 2:
+                raise ValueError(
+                    "predict_batch takes a list of recordings or a [batch, time] array, got "
+                    f"an array of shape {list(items.shape)} (one recording: use predict)"
+                )
+            items = list(items)
+        names, paths, loaded, errors = [], [], [], []
+        for i, item in enumerate(tqdm(items, desc="reading", disable=_disable(progress))):
+            paths.append(str(item) if isinstance(item, str | Path) else None)
+            names.append(paths[-1] or f"waveform {i}")
+            try:
+                loaded.append(self._load(item, sample_rate, names[-1])[1])
+                errors.append(None)
+            except (ValueError, FileNotFoundError, TypeError) as err:
+                loaded.append(None)
+                errors.append(str(err))
+        return names, paths, loaded, errors
 
     def windows(self, n_samples: int) -> list[tuple[int, int]]:
         """Splits ``n_samples`` into ceil(duration / window) equal windows: [(start, end)]."""
@@ -134,11 +245,7 @@ class EmotionRecognizer:
     def _predict_waveforms(
         self, waveforms: list[torch.Tensor], names: list, batch_size: int, progress=False
     ) -> list[Prediction]:
-        segments, owner = [], []
-        for i, waveform in enumerate(waveforms):
-            for start, end in self.windows(waveform.shape[0]):
-                segments.append(waveform[start:end])
-                owner.append((i, start, end))
+        segments, owner = self._segments(waveforms)
         probs, transcripts, frames = self._score(segments, batch_size, progress)
         rate = self.model.sample_rate
         per_file: list[list[int]] = [[] for _ in waveforms]
@@ -180,38 +287,117 @@ class EmotionRecognizer:
     def _as_dict(self, probs: torch.Tensor) -> dict[str, float]:
         return {label: float(p) for label, p in zip(self.labels, probs, strict=True)}
 
-    @torch.no_grad()
-    def _score(self, segments: list[torch.Tensor], batch_size: int, progress: bool):
-        """Runs the model on segments, batched by similar length (padding-aware, so the
-        grouping does not change results). Segments too short for the encoder (no output
-        frame) are not run.
+    def _segments(self, waveforms: list[torch.Tensor]):
+        """Cuts recordings into windows: (segments, [(recording, start, end)])."""
+        segments, owner = [], []
+        for i, waveform in enumerate(waveforms):
+            for start, end in self.windows(waveform.shape[0]):
+                segments.append(waveform[start:end])
+                owner.append((i, start, end))
+        return segments, owner
 
-        Returns: (probabilities ``[N, C]``, transcripts or None, frame counts ``[N]``).
+    @torch.no_grad()
+    def _encoded_batches(self, segments: list[torch.Tensor], batch_size: int, progress, desc):
+        """Runs the encoder on segments batched by similar length (padding-aware, so the
+        grouping does not change results); segments too short for any output frame are
+        not run.
+
+        Yields: (segment ids, `EncoderOutput` of the batch).
         """
-        n = len(segments)
         encoder = self.modules["encoder"]
         frames = encoder.output_lengths(torch.tensor([s.shape[0] for s in segments])).cpu()
-        probs = torch.zeros(n, len(self.labels))
-        transcripts = [""] * n if self.has_ctc else None
-        order = sorted((s for s in range(n) if frames[s] >= 1), key=lambda s: segments[s].shape[0])
+        order = sorted(
+            (s for s in range(len(segments)) if frames[s] >= 1), key=lambda s: segments[s].shape[0]
+        )
         batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
-        for batch in tqdm(batches, desc="scoring", disable=not progress, unit="batch"):
+        for batch in tqdm(batches, desc=desc, disable=_disable(progress), unit="batch"):
             longest = max(segments[s].shape[0] for s in batch)
             wavs = torch.zeros(len(batch), longest)
             for row, s in enumerate(batch):
                 wavs[row, : segments[s].shape[0]] = segments[s]
             rel = torch.tensor([segments[s].shape[0] / longest for s in batch])
-            hidden, lens = encoder(wavs.to(self.device), rel.to(self.device))
-            logits = self.modules["emotion_head"](hidden, lens)
+            yield batch, encoder(wavs.to(self.device), rel.to(self.device))
+
+    @torch.no_grad()
+    def _score(self, segments: list[torch.Tensor], batch_size: int, progress):
+        """Runs the model on segments.
+
+        Returns: (probabilities ``[N, C]``, transcripts or None, frame counts ``[N]``).
+        """
+        n = len(segments)
+        lengths = torch.tensor([s.shape[0] for s in segments])
+        frames = self.modules["encoder"].output_lengths(lengths)
+        probs = torch.zeros(n, len(self.labels))
+        transcripts = [""] * n if self.has_ctc else None
+        for batch, enc in self._encoded_batches(segments, batch_size, progress, "scoring"):
+            logits = self.modules["emotion_head"](enc.hidden, enc.lengths, enc.layers)
             probs[batch] = torch.softmax(logits.float(), dim=-1).cpu()
             if self.has_ctc:
-                log_probs = self.modules["ctc_head"](hidden)
-                rel_frames = lens.float() / hidden.shape[1]
+                log_probs = self.modules["ctc_head"](enc.hidden, enc.layers)
+                rel_frames = enc.lengths.float() / log_probs.shape[1]
                 blank = self.model.vocab.blank_index
                 ids = ctc_greedy_decode(log_probs, rel_frames, blank_id=blank)
                 for s, seq in zip(batch, ids, strict=True):
                     transcripts[s] = self.model.vocab.decode(seq)
-        return probs, transcripts, frames
+        return probs, transcripts, frames.cpu()
+
+    def _pool(self, enc, layer) -> torch.Tensor:
+        """Utterance vectors ``[B, D]`` of an encoded batch for `embed`'s ``layer``."""
+        if layer == "head":
+            return self.modules["emotion_head"].pooled(enc.hidden, enc.lengths, enc.layers)
+        if layer == "last":
+            hidden = enc.hidden
+        else:
+            hidden = enc.layers[layer]
+        return masked_mean(hidden.float(), lengths_to_mask(enc.lengths, hidden.shape[1]))
+
+    def _check_layer(self, layer):
+        if layer in EMBEDDING_LAYERS:
+            return layer
+        if isinstance(layer, str) and layer.lstrip("-").isdigit():
+            layer = int(layer)
+        if not isinstance(layer, int) or isinstance(layer, bool):
+            raise ValueError(f"layer must be one of {EMBEDDING_LAYERS} or an integer: {layer!r}")
+        count = getattr(self.modules["encoder"], "num_layers", None)
+        if count is None:
+            raise ValueError("this model's encoder has no hidden layers: use 'last' or 'head'")
+        if not -count <= layer < count:
+            raise ValueError(f"layer {layer} is out of range: the encoder has {count} layers")
+        return layer
+
+    @torch.no_grad()
+    def _embed_waveforms(self, waveforms, names, layer, batch_size, progress, keep_going=False):
+        """Vectors ``[D]`` per recording (or, with ``keep_going``, an error string for a
+        recording too short to embed; else ValueError)."""
+        layer = self._check_layer(layer)
+        segments, owner = self._segments(waveforms)
+        vectors: list = [None] * len(segments)
+        for batch, enc in self._encoded_batches(segments, batch_size, progress, "embedding"):
+            pooled = self._pool(enc, layer).float().cpu()
+            for row, s in enumerate(batch):
+                vectors[s] = pooled[row]
+        out = []
+        for i, waveform in enumerate(waveforms):
+            ids = [s for s, o in enumerate(owner) if o[0] == i]
+            if any(vectors[s] is None for s in ids):
+                seconds = waveform.shape[0] / self.model.sample_rate
+                error = f"{names[i]}: too short to embed ({seconds:.3f} s)"
+                if not keep_going:
+                    raise ValueError(error)
+                out.append(error)
+                continue
+            weights = torch.tensor([segments[s].shape[0] for s in ids], dtype=torch.float)
+            stacked = torch.stack([vectors[s] for s in ids])
+            out.append(((stacked * weights[:, None]).sum(0) / weights.sum()).numpy())
+        return out
+
+
+_WAVEFORM_TYPES = (np.ndarray, torch.Tensor)
+
+
+def _disable(progress) -> bool | None:
+    """tqdm's ``disable``: None shows bars only on a terminal."""
+    return None if progress is None else not progress
 
 
 def _failed(path: str | None, error: str) -> Prediction:

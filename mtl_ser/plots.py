@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,6 +11,13 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+# SpeechBrain's log file takes DEBUG records from every logger: matplotlib's font search
+# alone wrote two thirds of a run's log.txt, and PIL / numba are as chatty. Their warnings
+# still come through.
+for _name in ("matplotlib", "PIL", "numba"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 def plot_confusion(
@@ -54,8 +62,11 @@ def plot_confusion(
     return Path(path)
 
 
-def plot_training_curves(epochs: Sequence[dict], path: str | Path, title: str) -> Path:
-    """Writes per-epoch losses and validation metrics as PNG.
+def plot_training_curves(
+    epochs: Sequence[dict], path: str | Path, title: str, chosen_epoch: int | None = None
+) -> Path:
+    """Writes per-epoch losses and validation metrics as PNG, with whole-number epoch ticks
+    and the chosen (best-validation) epoch marked on both panels.
 
     Args:
         epochs: one dict per epoch with ``epoch`` and any of ``train_loss``,
@@ -63,9 +74,19 @@ def plot_training_curves(epochs: Sequence[dict], path: str | Path, title: str) -
             ``valid_wa``, ``valid_wer`` (None values are skipped).
         path: output PNG.
         title: figure title.
+        chosen_epoch: the epoch whose checkpoint was kept (None: not marked).
 
     Returns: the path.
     """
+    fig = training_curves_figure(epochs, title, chosen_epoch)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def training_curves_figure(epochs: Sequence[dict], title: str, chosen_epoch: int | None = None):
+    """The figure of `plot_training_curves` (arguments alike): losses left, validation
+    metrics right. Returns: a matplotlib Figure (the caller closes it)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
 
     def curve(ax, key, label, style="-"):
@@ -80,15 +101,19 @@ def plot_training_curves(epochs: Sequence[dict], path: str | Path, title: str) -
     curve(left, "valid_loss", "valid total", "--")
     left.set_xlabel("epoch")
     left.set_ylabel("loss")
-    left.legend(fontsize=8)
     curve(right, "valid_ua", "valid UA")
     curve(right, "valid_wa", "valid WA")
     curve(right, "valid_wer", "valid WER", "--")
     right.set_xlabel("epoch")
     right.set_ylim(bottom=0)
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if chosen_epoch is not None:
+            ax.axvline(
+                chosen_epoch, color="grey", linestyle=":", label=f"chosen: epoch {chosen_epoch}"
+            )
+    left.legend(fontsize=8)
     right.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return fig

@@ -1,4 +1,4 @@
-"""`mtl-ser predict`: files and folders in, one row per recording out (CSV or JSON)."""
+"""`mtl-ser predict` / `embed`: files and folders in, one row (or vector) per recording out."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from mtl_ser.inference import AUDIO_EXTENSIONS, Prediction
+import numpy as np
+
+from mtl_ser.inference import AUDIO_EXTENSIONS, Embedding, Prediction
 
 
 def collect_audio_files(inputs: list[str | Path]) -> list[Path]:
@@ -63,3 +65,29 @@ def write_predictions(
     finally:
         if output:
             handle.close()
+
+
+def write_embeddings(embeddings: list[Embedding], output: str | Path) -> list[Path]:
+    """Writes vectors as ``.npy`` (``[N, D]`` float32, with the paths, one per line, in
+    ``<name>.ids.txt``) or ``.parquet`` (columns ``path`` and ``embedding``, via pyarrow).
+
+    Returns: the files written. Raises ImportError naming pyarrow when it is missing.
+    """
+    output = Path(output)
+    matrix = np.stack([e.vector for e in embeddings]).astype(np.float32)
+    paths = [str(e.path) for e in embeddings]
+    if output.suffix.lower() == ".parquet":
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ImportError(
+                "writing .parquet needs pyarrow: pip install pyarrow (or write .npy)"
+            ) from None
+        vectors = pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), matrix.shape[1])
+        pq.write_table(pa.table({"path": paths, "embedding": vectors}), output)
+        return [output]
+    ids = output.with_suffix(".ids.txt")
+    np.save(output, matrix)
+    ids.write_text("".join(f"{p}\n" for p in paths))
+    return [output, ids]

@@ -147,7 +147,9 @@ def write_run_outputs(
         f"{title}\nWA {results['wa']:.1%}  UA {results['ua']:.1%}",
     )
     if epochs:
-        plot_training_curves(epochs, folder / "training_curves.png", title)
+        plot_training_curves(
+            epochs, folder / "training_curves.png", title, identity.get("best_epoch")
+        )
     tmp = folder / (RESULTS_FILE + ".tmp")
     tmp.write_text(json.dumps(results, indent=2) + "\n")
     os.replace(tmp, folder / RESULTS_FILE)  # complete results.json or none at all

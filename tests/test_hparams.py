@@ -36,7 +36,8 @@ def load(hparams: Path, override: Path | None, tmp_path: Path) -> dict:
     argv += [f"--data_folder={tmp_path}", f"--output_folder={tmp_path / 'out'}"]
     base, _, overrides = parse_arguments(argv)
     text = Path(base).read_text()
-    if "wav2vec2_source" in text and override is None:
+    sets_source = override is not None and "wav2vec2_source" in override.read_text()
+    if "wav2vec2_source" in text and not sets_source:
         # Never download in tests: the structure is what is checked here.
         overrides = merge_layers([{"wav2vec2_source": "random:tiny"}]) + overrides
     with open(base) as f:
@@ -45,7 +46,7 @@ def load(hparams: Path, override: Path | None, tmp_path: Path) -> dict:
 
 def test_there_is_something_to_check():
     assert {p.name for p in MAIN_FILES} >= {"mtl.yaml", "ser.yaml", "cnn.yaml"}
-    assert {p.name for p in OVERRIDE_FILES} >= {"tiny.yaml", "cnn_small.yaml"}
+    assert {p.name for p in OVERRIDE_FILES} >= {"tiny.yaml", "cnn_small.yaml", "superb_probe.yaml"}
 
 
 def test_every_override_file_fits_some_hparams_file():
@@ -53,6 +54,7 @@ def test_every_override_file_fits_some_hparams_file():
     assert all(fitting.values()), fitting
     assert fitting["tiny.yaml"] == ["mtl.yaml", "ser.yaml"]
     assert fitting["cnn_small.yaml"] == ["cnn.yaml"]
+    assert fitting["superb_probe.yaml"] == ["mtl.yaml", "ser.yaml"]
 
 
 @pytest.mark.parametrize("override", [None, *OVERRIDE_FILES], ids=lambda p: p and p.name)

@@ -6,8 +6,9 @@ Two parts:
   Filterbank, optionally normalised per utterance). In training the data pipeline runs it
   through the feature cache (mtl_ser/data/feature_cache.py), so features are computed once
   per file.
-- `CNNEncoder`: the encoder interface of `Wav2Vec2Encoder` (padded batch + relative lengths
-  -> ``[B, T', D]`` + true frame counts, ``output_size``, ``output_lengths``). It takes
+- `CNNEncoder`: the encoder interface of `SSLEncoder` (padded batch + relative lengths
+  -> `EncoderOutput`: ``[B, T', D]`` + true frame counts, no hidden layers; ``output_size``,
+  ``output_lengths``). It takes
   waveforms ``[B, S]`` (run through its own front end, as inference does) or the front end's
   features ``[B, T, F]`` (cached, as training does); the shared `EmotionHead` pools and
   classifies its output.
@@ -28,6 +29,7 @@ from speechbrain.processing.features import STFT, Filterbank, spectral_magnitude
 from torch import nn
 
 from mtl_ser.models.masking import lengths_to_mask
+from mtl_ser.models.outputs import EncoderOutput
 
 # Bump when LogMelFrontEnd computes different numbers for the same settings: the version is
 # part of the feature cache key, so old cache entries are then recomputed.
@@ -264,7 +266,7 @@ class CNNEncoder(nn.Module):
             frames = torch.div(frames, 2, rounding_mode="floor").clamp(min=1)
         return frames
 
-    def forward(self, inputs: torch.Tensor, input_lens: torch.Tensor):
+    def forward(self, inputs: torch.Tensor, input_lens: torch.Tensor) -> EncoderOutput:
         """Encodes a padded batch.
 
         Args:
@@ -272,8 +274,8 @@ class CNNEncoder(nn.Module):
                 ``[B, T, F]`` (e.g. from the feature cache), zero-padded.
             input_lens: ``[B]`` relative lengths in (0, 1] (SpeechBrain convention).
 
-        Returns:
-            (``[B, T', D]`` features, ``[B]`` LongTensor true frame counts T'_b <= T').
+        Returns: `EncoderOutput` with ``hidden`` ``[B, T', D]``, ``lengths`` ``[B]``
+        LongTensor true frame counts T'_b <= T', and no ``layers``.
         """
         if inputs.dim() == 2:
             inputs, input_lens = self.front_end(inputs, input_lens)
@@ -291,4 +293,4 @@ class CNNEncoder(nn.Module):
         for block in self.blocks:
             x, lengths = block(x, lengths)
         batch, channels, time, freq = x.shape
-        return x.permute(0, 2, 1, 3).reshape(batch, time, channels * freq), lengths
+        return EncoderOutput(x.permute(0, 2, 1, 3).reshape(batch, time, channels * freq), lengths)

@@ -1,7 +1,9 @@
 """The task heads shared by every recipe: emotion classification and CTC characters.
 
 Both take encoder output ``[B, T, D]`` with true frame counts ``[B]`` and never let padded
-frames change a result.
+frames change a result. Either can read, instead of the encoder's output, a learned
+softmax-weighted sum of all its hidden layers (``layers="weighted"``, as in SUPERB): then it
+also takes the encoder's ``layers`` (`mtl_ser.models.outputs.EncoderOutput`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,56 @@ class AttentiveStatisticsPooling(nn.Module):
 
 
 POOLINGS = ("mean", "attentive")
+LAYER_CHOICES = ("last", "weighted")
+
+
+class WeightedLayerSum(nn.Module):
+    """Learned softmax-weighted sum of hidden layers: L x ``[B, T, D]`` -> ``[B, T, D]``.
+
+    The raw weights start equal (uniform mixture); softmax makes the mixture convex. The
+    weights and the softmax are float32 whatever the activations' dtype.
+
+    Args: num_layers L (the encoder's ``num_layers``).
+    """
+
+    def __init__(self, num_layers: int):
+        super().__init__()
+        if int(num_layers) < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        self.num_layers = int(num_layers)
+        self.weights = nn.Parameter(torch.zeros(self.num_layers))
+
+    def mixture(self) -> torch.Tensor:
+        """The layer weights after softmax, ``[L]`` float32 (they sum to 1)."""
+        return torch.softmax(self.weights.float(), dim=0)
+
+    def forward(self, layers) -> torch.Tensor:
+        if layers is None or len(layers) != self.num_layers:
+            got = "none" if layers is None else len(layers)
+            raise ValueError(
+                f"the weighted layer sum expects {self.num_layers} hidden layers, got {got} "
+                "(an encoder without hidden layers, or layerdrop > 0 skipping some)"
+            )
+        weights = self.mixture()
+        out = layers[0].float() * weights[0]
+        for w, layer in zip(weights[1:], layers[1:], strict=True):
+            out = out + w * layer.float()
+        return out.to(layers[-1].dtype)
+
+
+def _layer_input(layer_sum, x: torch.Tensor, layers) -> torch.Tensor:
+    """The head's input: the weighted sum of ``layers`` if it has one, else ``x``."""
+    return x if layer_sum is None else layer_sum(layers)
+
+
+def _make_layer_sum(layers: str, num_layers) -> WeightedLayerSum | None:
+    if layers not in LAYER_CHOICES:
+        raise ValueError(f"layers {layers!r} is not one of {list(LAYER_CHOICES)}")
+    if layers == "last":
+        return None
+    if num_layers is None:
+        raise ValueError('layers="weighted" needs num_layers (the encoder\'s num_layers)')
+    return WeightedLayerSum(num_layers)
 
 
 class EmotionHead(nn.Module):
@@ -63,6 +115,9 @@ class EmotionHead(nn.Module):
         dropout: dropout before the linear layer.
         n_classes: number of classes, or None to set later.
         attention_size: hidden size of the attentive pooling's scorer.
+        layers: "last" (the encoder's output) or "weighted" (a learned weighted sum of all
+            its hidden layers).
+        num_layers: the encoder's number of hidden layers (with "weighted").
     """
 
     def __init__(
@@ -72,12 +127,20 @@ class EmotionHead(nn.Module):
         dropout: float = 0.0,
         n_classes=None,
         attention_size: int = 128,
+        layers: str = "last",
+        num_layers: int | None = None,
     ):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling {pooling!r} is not one of {list(POOLINGS)}")
+        self.layer_sum = _make_layer_sum(layers, num_layers)
         self._kwargs = dict(
-            input_size=input_size, pooling=pooling, dropout=dropout, attention_size=attention_size
+            input_size=input_size,
+            pooling=pooling,
+            dropout=dropout,
+            attention_size=attention_size,
+            layers=layers,
+            num_layers=None if self.layer_sum is None else self.layer_sum.num_layers,
         )
         if pooling == "attentive":
             self.pooling = AttentiveStatisticsPooling(input_size, attention_size)
@@ -102,22 +165,46 @@ class EmotionHead(nn.Module):
         """Constructor arguments that rebuild this head (weights apart)."""
         return {**self._kwargs, "n_classes": self.n_classes}
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Args: x ``[B, T, D]``; lengths ``[B]`` frames. Returns: logits ``[B, n_classes]``."""
+    def pooled(self, x: torch.Tensor, lengths: torch.Tensor, layers=None) -> torch.Tensor:
+        """The utterance vectors the classifier reads: ``[B, P]`` (P = D, or 2D when
+        attentive). Args as `forward`."""
+        return self.pooling(_layer_input(self.layer_sum, x, layers), lengths)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, layers=None) -> torch.Tensor:
+        """Args: x ``[B, T, D]``; lengths ``[B]`` frames; layers: the encoder's hidden
+        layers (L x ``[B, T, D]``; needed with ``layers="weighted"``).
+
+        Returns: logits ``[B, n_classes]``.
+        """
         if self.classifier is None:
             raise RuntimeError("EmotionHead.set_num_classes was never called")
-        return self.classifier(self.dropout(self.pooling(x, lengths)))
+        return self.classifier(self.dropout(self.pooled(x, lengths, layers)))
 
 
 class CTCHead(nn.Module):
     """One linear layer to the characters, as log-probabilities for CTC.
 
-    Args: input_size D; n_tokens V (blank included). Forward: ``[B, T, D]`` -> ``[B, T, V]``.
+    Args: input_size D; n_tokens V (blank included); dropout; layers and num_layers as for
+    `EmotionHead`. Forward: ``[B, T, D]`` (+ layers) -> ``[B, T, V]``.
     """
 
-    def __init__(self, input_size: int, n_tokens: int, dropout: float = 0.0):
+    def __init__(
+        self,
+        input_size: int,
+        n_tokens: int,
+        dropout: float = 0.0,
+        layers: str = "last",
+        num_layers: int | None = None,
+    ):
         super().__init__()
-        self._kwargs = dict(input_size=input_size, n_tokens=n_tokens, dropout=dropout)
+        self.layer_sum = _make_layer_sum(layers, num_layers)
+        self._kwargs = dict(
+            input_size=input_size,
+            n_tokens=n_tokens,
+            dropout=dropout,
+            layers=layers,
+            num_layers=None if self.layer_sum is None else self.layer_sum.num_layers,
+        )
         self.n_tokens = n_tokens
         self.dropout = nn.Dropout(dropout)
         self.linear = nn.Linear(input_size, n_tokens)
@@ -126,6 +213,8 @@ class CTCHead(nn.Module):
         """Constructor arguments that rebuild this head (weights apart)."""
         return dict(self._kwargs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # float32 log-softmax: under bf16 / fp16 autocast the CTC loss needs its precision.
+    def forward(self, x: torch.Tensor, layers=None) -> torch.Tensor:
+        """Args: x ``[B, T, D]``; layers as for `EmotionHead`. Returns ``[B, T, V]``
+        log-probabilities in float32 (under bf16 / fp16 autocast the CTC loss needs them)."""
+        x = _layer_input(self.layer_sum, x, layers)
         return torch.log_softmax(self.linear(self.dropout(x)).float(), dim=-1)

@@ -11,7 +11,7 @@ from mtl_ser.data.text import CharVocabulary
 from mtl_ser.metrics import error_rates
 from mtl_ser.models.heads import CTCHead, EmotionHead
 from mtl_ser.models.objective import MultiTaskObjective
-from mtl_ser.models.wav2vec2 import Wav2Vec2Encoder
+from mtl_ser.models.ssl import SSLEncoder
 
 
 def four_utterances(demo_corpus, tmp_path):
@@ -33,7 +33,7 @@ def test_emotion_and_ctc_losses_fall(demo_corpus, tmp_path):
     torch.manual_seed(0)
     batch, vocab = four_utterances(demo_corpus, tmp_path)
     assert len(batch) == 4
-    encoder = Wav2Vec2Encoder("random:tiny", mask_time_prob=0.0)
+    encoder = SSLEncoder("random:tiny", mask_time_prob=0.0)
     emotion_head = EmotionHead(encoder.output_size, n_classes=4)
     ctc_head = CTCHead(encoder.output_size, len(vocab))
     modules = torch.nn.ModuleList([encoder, emotion_head, ctc_head])
@@ -48,7 +48,7 @@ def test_emotion_and_ctc_losses_fall(demo_corpus, tmp_path):
 
     history = []
     for _ in range(120):
-        hidden, frames = encoder(wavs, wav_lens)
+        hidden, frames, _ = encoder(wavs, wav_lens)
         losses = objective(
             emotion_head(hidden, frames),
             emo,
@@ -69,7 +69,7 @@ def test_emotion_and_ctc_losses_fall(demo_corpus, tmp_path):
     # Memorised transcripts: the greedy CTC output reads (nearly) the references.
     modules.eval()
     with torch.no_grad():
-        hidden, frames = encoder(wavs, wav_lens)
+        hidden, frames, _ = encoder(wavs, wav_lens)
         ids = ctc_greedy_decode(ctc_head(hidden), frames / hidden.shape[1], blank_id=0)
     hypotheses = [vocab.decode(seq) for seq in ids]
     assert error_rates(batch.wrd, hypotheses)["cer"] < 0.1

@@ -27,7 +27,7 @@ def trained_encoder(channels=(8, 16, 32), n_mels=40, seed=0) -> CNNEncoder:
     optimizer = torch.optim.SGD(encoder.parameters(), lr=0.1)
     for step in range(3):
         feats, rel = padded([120, 90, 40, 17], seed=step, feature_dim=n_mels)
-        out, _ = encoder(feats, rel)
+        out, _, _ = encoder(feats, rel)
         optimizer.zero_grad()
         out.pow(2).mean().backward()
         optimizer.step()
@@ -79,10 +79,10 @@ def test_padded_batch_equals_each_utterance_alone(pooling):
     head = EmotionHead(encoder.output_size, pooling=pooling, dropout=0.5, n_classes=4).eval()
     wavs, rel = padded(LENGTHS)
     with torch.no_grad():
-        hidden, frames = encoder(wavs, rel)
+        hidden, frames, _ = encoder(wavs, rel)
         logits = head(hidden, frames)
         for i, n in enumerate(LENGTHS):
-            alone, alone_frames = encoder(wavs[i : i + 1, :n], torch.ones(1))
+            alone, alone_frames, _ = encoder(wavs[i : i + 1, :n], torch.ones(1))
             assert alone_frames.item() == frames[i].item() == alone.shape[1]
             torch.testing.assert_close(hidden[i, : frames[i]], alone[0], atol=1e-5, rtol=1e-4)
             assert not hidden[i, frames[i] :].any()  # padding stays zero
@@ -96,9 +96,9 @@ def test_features_and_waveforms_give_the_same_output():
     encoder = trained_encoder()
     wavs, rel = padded(LENGTHS)
     with torch.no_grad():
-        from_wavs, frames = encoder(wavs, rel)
+        from_wavs, frames, _ = encoder(wavs, rel)
         feats, feat_rel = encoder.front_end(wavs, rel)
-        from_feats, feat_frames = encoder(feats, feat_rel)
+        from_feats, feat_frames, _ = encoder(feats, feat_rel)
     assert frames.tolist() == feat_frames.tolist()
     torch.testing.assert_close(from_wavs, from_feats)
 
@@ -106,14 +106,14 @@ def test_features_and_waveforms_give_the_same_output():
 def test_output_shape_and_lengths():
     encoder = CNNEncoder(LogMelFrontEnd(n_mels=40), [8, 16, 32])
     feats, rel = padded([100, 57, 9, 3], feature_dim=40)
-    out, frames = encoder(feats, rel)
+    out, frames, _ = encoder(feats, rel)
     # Each block halves time and frequency (floor); an utterance keeps at least one frame.
     assert out.shape == (4, 12, 32 * 5) and encoder.output_size == 160
     assert frames.dtype == torch.long and frames.tolist() == [12, 7, 1, 1]
     assert encoder.output_lengths(torch.tensor([16000, 700])).tolist() == [12, 1]
     assert encoder.feature_output_lengths(torch.tensor([100, 57, 9, 3])).tolist() == [12, 7, 1, 1]
     # A batch shorter than 2 ** blocks frames still has one output frame.
-    out, frames = encoder(feats[:, :3], torch.ones(4))
+    out, frames, _ = encoder(feats[:, :3], torch.ones(4))
     assert out.shape == (4, 1, 160) and frames.tolist() == [1, 1, 1, 1]
 
 
@@ -163,4 +163,4 @@ def test_export_kwargs_rebuild_the_same_model():
     rebuilt.eval()
     wavs, rel = padded(LENGTHS)
     with torch.no_grad():
-        torch.testing.assert_close(rebuilt(wavs, rel), encoder(wavs, rel))
+        torch.testing.assert_close(rebuilt(wavs, rel)[:2], encoder(wavs, rel)[:2])

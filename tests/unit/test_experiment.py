@@ -57,3 +57,23 @@ def test_unknown_override_key_is_refused(files):
     (files / "typo.yaml").write_text("bb: 3\n")
     with pytest.raises(KeyError, match="Override 'bb' not found"):
         load(files, [str(files / "base.yaml"), str(files / "typo.yaml")])
+
+
+def test_override_file_can_swap_an_objects_class(files):
+    """HyperPyYAML merges override mappings into the base's key by key and keeps the base's
+    class: a logger swapped by an override file got the new arguments on the old class
+    (TypeError). A mapping tagged with another class now replaces the old one whole."""
+    (files / "objects.yaml").write_text(
+        "delay: !new:datetime.timedelta\n  days: 1\nkeep: !new:datetime.timedelta\n  days: 2\n"
+    )
+    (files / "swap.yaml").write_text(
+        "delay: !new:fractions.Fraction\n  numerator: 1\n  denominator: 3\n"
+        "keep: !new:datetime.timedelta\n  hours: 5\n"
+    )
+    _, h = load(files, [str(files / "objects.yaml"), str(files / "swap.yaml")])
+    from datetime import timedelta
+    from fractions import Fraction
+
+    assert h["delay"] == Fraction(1, 3)
+    # The same class still merges argument by argument.
+    assert h["keep"] == timedelta(days=2, hours=5)

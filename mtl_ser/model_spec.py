@@ -1,0 +1,271 @@
+"""The only way a model folder becomes modules: an explicit allow-list with validated arguments.
+
+A run's ``model_spec.json`` (and an export's ``mtl_ser_model.json``) names each module's class
+and constructor arguments. Loading builds nothing but the classes in `BUILDABLE`, each with
+arguments checked by its validator: known keys only, the expected JSON types, values in
+range; an encoder's Hugging Face config must be one of a supported ``model_type`` with that
+config class's own keys and value types. No class is imported by name, no YAML is parsed, no
+code runs: a tampered file is refused with an error naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from mtl_ser.models.backbones import BACKBONES
+from mtl_ser.models.cnn import NORMALIZATIONS, CNNEncoder
+from mtl_ser.models.heads import LAYER_CHOICES, POOLINGS, CTCHead, EmotionHead
+from mtl_ser.models.ssl import SSLEncoder
+
+SPEC_FORMAT = 1
+INFERENCE_MODULES = ("encoder", "emotion_head", "ctc_head")
+MAX_SIZE = 1 << 16  # no layer of a speech model is wider; keeps a tampered file from OOM
+
+
+class SpecError(ValueError):
+    """A model spec that is not one of the buildable, valid configurations."""
+
+
+# ------------------------------------------------------------------------- value checks
+def _int(value, key, low=1, high=MAX_SIZE):
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise SpecError(f"{key} must be an integer in [{low}, {high}], not {value!r}")
+    return value
+
+
+def _float(value, key, low=0.0, high=1.0):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise SpecError(f"{key} must be a number in [{low}, {high}], not {value!r}")
+    return value
+
+
+def _bool(value, key):
+    if not isinstance(value, bool):
+        raise SpecError(f"{key} must be true or false, not {value!r}")
+    return value
+
+
+def _choice(choices):
+    def check(value, key):
+        if value not in choices:
+            raise SpecError(f"{key} must be one of {list(choices)}, not {value!r}")
+        return value
+
+    return check
+
+
+def _optional(check):
+    def optional(value, key):
+        return None if value is None else check(value, key)
+
+    return optional
+
+
+def _mapping(value, where, schema: dict[str, Callable], required=()) -> dict:
+    """Checks a dict against ``schema`` (key -> check): known keys only, required present."""
+    if not isinstance(value, dict):
+        raise SpecError(f"{where} must be a mapping, not {type(value).__name__}")
+    unknown = sorted(set(value) - set(schema))
+    if unknown:
+        raise SpecError(f"{where} has unknown keys {unknown}; allowed: {sorted(schema)}")
+    missing = sorted(set(required) - set(value))
+    if missing:
+        raise SpecError(f"{where} lacks {missing}")
+    return {key: schema[key](v, f"{where}.{key}") for key, v in value.items()}
+
+
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _json_like(value, key):
+    """A plain JSON value (no objects that could be anything but data)."""
+    if isinstance(value, _JSON_SCALARS):
+        return value
+    if isinstance(value, list):
+        return [_json_like(v, key) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _json_like(v, key) for k, v in value.items()}
+    raise SpecError(f"{key} holds a {type(value).__name__}, not plain JSON data")
+
+
+def _same_kind(value, default, key):
+    """``value`` of the JSON kind of the config class's default ``default`` (or null)."""
+    if value is None:
+        return None
+    if isinstance(default, bool):
+        return _bool(value, key)
+    if isinstance(default, int):
+        return _int(value, key, low=-MAX_SIZE, high=1 << 20)
+    if isinstance(default, float):
+        return _float(value, key, low=-1e9, high=1e9)
+    if isinstance(default, str) and not isinstance(value, str):
+        raise SpecError(f"{key} must be a string, not {value!r}")
+    if isinstance(default, list | tuple):
+        if not isinstance(value, list):
+            raise SpecError(f"{key} must be a list, not {value!r}")
+        return [_same_kind(v, default[0], key) if default else _json_like(v, key) for v in value]
+    return _json_like(value, key)
+
+
+# Config attributes that size tensors: positive and bounded.
+_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+
+
+def _hf_config(value, key) -> dict:
+    """A Hugging Face config dict of a supported encoder family, and nothing else."""
+    if not isinstance(value, dict):
+        raise SpecError(f"{key} must be a Hugging Face config mapping, not {value!r}")
+    model_type = value.get("model_type")
+    if model_type not in BACKBONES:
+        raise SpecError(
+            f"{key}.model_type is {model_type!r}; buildable encoders: {sorted(BACKBONES)}"
+        )
+    defaults = BACKBONES[model_type].cls("config")().to_dict()
+    unknown = sorted(set(value) - set(defaults))
+    if unknown:
+        raise SpecError(f"{key} has keys that a {model_type} config does not have: {unknown}")
+    checked = {k: _same_kind(v, defaults[k], f"{key}.{k}") for k, v in value.items()}
+    for size in _SIZES:
+        if size in checked:
+            _int(checked[size], f"{key}.{size}")
+    for width in checked.get("conv_dim", []):
+        _int(width, f"{key}.conv_dim")
+    return checked
+
+
+_LAYER_KEYS = {"layers": _choice(LAYER_CHOICES), "num_layers": _optional(_int)}
+
+_FRONT_END = {
+    "sample_rate": lambda v, k: _int(v, k, 1000, 384000),
+    "n_fft": _int,
+    "win_length": lambda v, k: _float(v, k, 0.1, 1000.0),
+    "hop_length": lambda v, k: _float(v, k, 0.1, 1000.0),
+    "n_mels": _int,
+    "f_min": lambda v, k: _float(v, k, 0.0, 192000.0),
+    "f_max": lambda v, k: _float(v, k, 0.0, 192000.0),
+    "log_mel": _bool,
+    "top_db": lambda v, k: _float(v, k, 0.0, 1000.0),
+    "normalize": _choice(NORMALIZATIONS),
+}
+
+
+def _channels(value, key):
+    if not isinstance(value, list) or not value:
+        raise SpecError(f"{key} must be a non-empty list of channel counts, not {value!r}")
+    return [_int(c, key) for c in value]
+
+
+def _odd(value, key):
+    if _int(value, key, 1, 31) % 2 != 1:
+        raise SpecError(f"{key} must be odd, not {value}")
+    return value
+
+
+_SSL = {"source": _hf_config, "normalize_waveform": _bool}
+# class name in a spec -> (class, argument schema, required arguments)
+BUILDABLE: dict[str, tuple[type, dict, tuple]] = {
+    "mtl_ser.models.ssl.SSLEncoder": (SSLEncoder, _SSL, ("source", "normalize_waveform")),
+    # The same encoder under its name before HuBERT / WavLM / data2vec-audio support: runs
+    # and exports made then load unchanged.
+    "mtl_ser.models.wav2vec2.Wav2Vec2Encoder": (
+        SSLEncoder,
+        _SSL,
+        ("source", "normalize_waveform"),
+    ),
+    "mtl_ser.models.cnn.CNNEncoder": (
+        CNNEncoder,
+        {
+            "front_end": lambda v, k: _mapping(v, k, _FRONT_END, tuple(_FRONT_END)),
+            "channels": _channels,
+            "kernel_size": _odd,
+        },
+        ("front_end", "channels"),
+    ),
+    "mtl_ser.models.heads.EmotionHead": (
+        EmotionHead,
+        {
+            "input_size": _int,
+            "pooling": _choice(POOLINGS),
+            "dropout": lambda v, k: _float(v, k, 0.0, 0.99),
+            "n_classes": _int,
+            "attention_size": _int,
+            **_LAYER_KEYS,
+        },
+        ("input_size", "n_classes"),
+    ),
+    "mtl_ser.models.heads.CTCHead": (
+        CTCHead,
+        {
+            "input_size": _int,
+            "n_tokens": lambda v, k: _int(v, k, 2),
+            "dropout": lambda v, k: _float(v, k, 0.0, 0.99),
+            **_LAYER_KEYS,
+        },
+        ("input_size", "n_tokens"),
+    ),
+}
+
+
+def _labels(value, key):
+    if not isinstance(value, list) or not value or not all(isinstance(x, str) for x in value):
+        raise SpecError(f"{key} must be a non-empty list of class names, not {value!r}")
+    if len(set(value)) != len(value):
+        raise SpecError(f"{key} repeats a class: {value}")
+    return value
+
+
+def _vocab(value, key):
+    if not isinstance(value, list) or not all(isinstance(x, str) and x for x in value):
+        raise SpecError(f"{key} must be a list of symbols, not {value!r}")
+    return value
+
+
+def _module_specs(value, key):
+    modules = _mapping(
+        value,
+        key,
+        {name: (lambda v, k: v) for name in INFERENCE_MODULES},
+        required=("encoder", "emotion_head"),
+    )
+    for name, spec in modules.items():
+        where = f"{key}.{name}"
+        spec = _mapping(spec, where, {"class": lambda v, k: v, "kwargs": lambda v, k: v})
+        if spec.get("class") not in BUILDABLE:
+            raise SpecError(
+                f"{where}.class {spec.get('class')!r} is not a buildable module; allowed: "
+                f"{sorted(BUILDABLE)}"
+            )
+        _, schema, required = BUILDABLE[spec["class"]]
+        spec["kwargs"] = _mapping(spec.get("kwargs", {}), f"{where}.kwargs", schema, required)
+        modules[name] = spec
+    return modules
+
+
+_SPEC = {
+    "format": _choice((SPEC_FORMAT,)),
+    "modules": _module_specs,
+    "labels": _labels,
+    "vocab": _vocab,
+    "sample_rate": lambda v, k: _int(v, k, 1000, 384000),
+    "channels": _choice(("mean",)),
+}
+
+
+def validate_spec(spec, source: str | Path) -> dict:
+    """Returns ``spec`` (a parsed model_spec.json) checked against the allow-list.
+
+    Raises SpecError naming ``source`` (the file it came from) and the offending key.
+    """
+    try:
+        return _mapping(spec, "spec", _SPEC, required=tuple(_SPEC))
+    except SpecError as err:
+        raise SpecError(f"{source}: refusing to load this model: {err}") from None
+
+
+def build_module(spec: dict) -> torch.nn.Module:
+    """Instantiates one module of a validated spec (random weights)."""
+    cls, _, _ = BUILDABLE[spec["class"]]
+    return cls(**spec["kwargs"])
