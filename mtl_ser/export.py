@@ -157,7 +157,7 @@ def load_run(run_folder: str | Path) -> LoadedModel:
     checkpoint = find_selected_checkpoint(CrashSafeCheckpointer(run / "save"), selection)
     if checkpoint is None:
         raise FileNotFoundError(f"no complete checkpoint with a validation UA in {run / 'save'}")
-    CrashSafeCheckpointer.verify(checkpoint)
+    CrashSafeCheckpointer.verify(checkpoint, [f"{name}.ckpt" for name in spec["modules"]])
     state_dicts = {}
     for name in spec["modules"]:
         if name not in checkpoint.paramfiles:

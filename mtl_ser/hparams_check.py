@@ -120,6 +120,9 @@ RULES: dict[str, Rule] = {
     "freeze_encoder": boolean,
     "freeze_feature_encoder": boolean,
     "pooling": choice("mean", "attentive"),
+    "layerdrop": optional(number(0.0, 1.0)),
+    "padding_aware": boolean,
+    "gradient_checkpointing": boolean,
 }
 # SpeechBrain run options: a command-line value wins over the hparams file's.
 RUN_OPTIONS = ("grad_accumulation_factor", "max_grad_norm", "nonfinite_patience", "precision")
@@ -184,6 +187,7 @@ def check_hparams(
                     f"{_flag(key, effective[key], cli_keys)}: {key} must be {allowed}"
                 )
     _check_fold(effective, cli_keys)
+    _check_distributed(effective, run_opts)
     _check_data(effective)
     _check_writable(Path(effective["output_folder"]))
     return config
@@ -198,6 +202,18 @@ def _check_fold(config: dict, cli_keys: set[str]) -> None:
             f"{_flag('fold', config['fold'], cli_keys)}: protocol {config['protocol']} has "
             f"folds 1..{folds}"
         )
+
+
+def _check_distributed(config: dict, run_opts) -> None:
+    """Layers skipped by layerdrop get no gradient, which stops DDP unless it looks for
+    unused parameters."""
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1 and config.get("layerdrop", 0.0) != 0.0:
+        if not getattr(run_opts, "find_unused_parameters", False):
+            raise ConfigError(
+                f"layerdrop: {config['layerdrop']} with {processes} processes needs "
+                "--find_unused_parameters=True (skipped layers get no gradient)"
+            )
 
 
 def _check_data(config: dict) -> None:

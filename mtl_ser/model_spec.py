@@ -164,7 +164,7 @@ def _odd(value, key):
     return value
 
 
-_SSL = {"source": _hf_config, "normalize_waveform": _bool}
+_SSL = {"source": _hf_config, "normalize_waveform": _bool, "padding_aware": _bool}
 # class name in a spec -> (class, argument schema, required arguments)
 BUILDABLE: dict[str, tuple[type, dict, tuple]] = {
     "mtl_ser.models.ssl.SSLEncoder": (SSLEncoder, _SSL, ("source", "normalize_waveform")),

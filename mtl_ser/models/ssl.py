@@ -52,10 +52,16 @@ class SSLEncoder(nn.Module):
             family's convention for random presets); a checkpoint without that file needs
             an explicit True / False.
         layerdrop: transformer layer drop probability (0 keeps DDP free of unused parameters
-            and every layer present for a weighted layer sum).
+            and every layer present for a weighted layer sum); None keeps the checkpoint's
+            own value (what the released Cai et al. code trained with).
         mask_time_prob: SpecAugment-style time masking probability during training.
         gradient_checkpointing: recompute each layer's activations in the backward pass
             (less memory for long utterances, about a third more compute).
+        padding_aware: True (default): a batched utterance gets the output it gets alone.
+            False reproduces the released Cai et al. code with more than one utterance per
+            batch: the first GroupNorm's statistics and the transformer's attention include
+            the padding, and every utterance reports the padded frame count, so mean pooling
+            and CTC run over the padding too. Results then depend on batch composition.
     """
 
     def __init__(
@@ -66,17 +72,18 @@ class SSLEncoder(nn.Module):
         freeze: bool = False,
         freeze_feature_encoder: bool = False,
         normalize_waveform: bool | None = None,
-        layerdrop: float = 0.0,
+        layerdrop: float | None = 0.0,
         mask_time_prob: float = 0.05,
         gradient_checkpointing: bool = False,
+        padding_aware: bool = True,
     ):
         super().__init__()
+        self.padding_aware = bool(padding_aware)
+        overrides = {"mask_time_prob": mask_time_prob}
+        if layerdrop is not None:
+            overrides["layerdrop"] = layerdrop
         self.model, self.backbone = build_ssl_model(
-            source,
-            save_path,
-            expected_type=encoder_type,
-            layerdrop=layerdrop,
-            mask_time_prob=mask_time_prob,
+            source, save_path, expected_type=encoder_type, **overrides
         )
         config = self.model.config
         if getattr(config, "add_adapter", False):
@@ -136,7 +143,10 @@ class SSLEncoder(nn.Module):
         known = set(self.backbone.cls("config")().to_dict())
         known -= {"_name_or_path", "transformers_version", "architectures", "dtype"}
         config = {k: v for k, v in self.model.config.to_dict().items() if k in known}
-        return {"source": config, "normalize_waveform": self.normalize_waveform}
+        kwargs = {"source": config, "normalize_waveform": self.normalize_waveform}
+        if not self.padding_aware:  # only then: specs of padding-aware models stay as they were
+            kwargs["padding_aware"] = False
+        return kwargs
 
     def train(self, mode: bool = True):
         """A frozen encoder stays in eval mode (no dropout, no masking)."""
@@ -199,8 +209,12 @@ class SSLEncoder(nn.Module):
         if self.normalize_waveform:
             wavs = normalize_per_utterance(wavs, lengths)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
-            features = self._padding_aware_features(wavs, lengths)
-            frames = self.output_lengths(lengths).clamp(max=features.shape[1])
+            if self.padding_aware:
+                features = self._padding_aware_features(wavs, lengths)
+                frames = self.output_lengths(lengths).clamp(max=features.shape[1])
+            else:  # the released code: every frame of the padded batch counts
+                features = self.model.feature_extractor(wavs).transpose(1, 2)
+                frames = torch.full_like(lengths, features.shape[1])
             mask = lengths_to_mask(frames, features.shape[1])
             projected = self.model.feature_projection(features)
             if isinstance(projected, tuple):  # (hidden, normalised features) except HuBERT

@@ -1,6 +1,7 @@
 """A model folder can only ever build allow-listed modules from validated arguments and
 tensors: every attack of issue 14 is refused, and none of their payloads runs."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import sys
 
 import pytest
 
+from mtl_ser.checkpoints import COMPLETE
 from mtl_ser.cli import main
 from mtl_ser.export import EXPORT_FILE, SPEC_FILE, export_run, load_exported, load_run
 from mtl_ser.model_spec import SpecError
@@ -124,6 +126,11 @@ def test_pickle_payload_in_a_checkpoint_never_runs(mtl_run, tmp_path):
     marker = tmp_path / "pwned"
     for ckpt in run.glob("save/CKPT*/emotion_head.ckpt"):
         subprocess.run([sys.executable, "-c", PAYLOAD, str(ckpt), str(marker)], check=True)
+        # The attacker also rewrites the checkpoint's file list, so that it verifies.
+        data = ckpt.read_bytes()
+        manifest = json.loads((ckpt.parent / COMPLETE).read_text())
+        manifest[ckpt.name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        (ckpt.parent / COMPLETE).write_text(json.dumps(manifest))
     code = (
         "from mtl_ser.export import load_run\n"
         "try:\n"

@@ -259,6 +259,7 @@ def test_run_identity_carries_speaker_independence(tmp_path):
     paths = prepare_csv(csv_path, root, tmp_path / "out", verbose=False)
     hparams = {"train_annotation": str(paths["train"]), "recipe": "mtl", "alpha": 0.1}
     hparams.update(protocol="loso", fold=3, seed=7, encoder_name="random:tiny")
+    hparams.update(lr_encoder=5e-5, lr_heads=5e-5)
     identity = run_identity(hparams, LabelSet.load(tmp_path / "out"))
     assert (identity["protocol"], identity["fold"], identity["folds"]) == ("csv", 1, 1)
     assert identity["speaker_independent"] is True

@@ -5,7 +5,7 @@ from torch import nn
 
 from mtl_ser.models.heads import CTCHead
 from mtl_ser.models.objective import MultiTaskObjective
-from mtl_ser.models.wav2vec2 import masked_group_norm
+from mtl_ser.models.ssl import masked_group_norm
 
 
 def test_group_norm_of_a_long_fp16_utterance_is_finite_and_exact():
