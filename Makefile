@@ -19,11 +19,11 @@ $(VENV)/.installed: requirements.txt setup.py
 demo-data: setup
 	$(BIN)/mtl-ser demo-data $(DEMO_DATA)
 
-# The main job on the demo corpus: multi-task training (tiny random wav2vec2, CPU, about two
+# The main job on the demo corpus: multi-task training (tiny random wav2vec2, CPU, a few
 # minutes), LOSO fold 1, then the test results. Results and plots land in $(DEMO_OUT).
 demo: demo-data
 	$(BIN)/python recipes/train_mtl.py hparams/mtl.yaml hparams/overrides/tiny.yaml \
-		--data_folder=$(DEMO_DATA) --output_folder=$(DEMO_OUT) --number_of_epochs=20
+		hparams/overrides/demo.yaml --data_folder=$(DEMO_DATA) --output_folder=$(DEMO_OUT)
 
 lint: setup
 	$(BIN)/ruff check .
