@@ -29,6 +29,7 @@ from mtl_ser.data.labels import LabelSet
 from mtl_ser.data.manifest import OPTIONS_FILE, load_manifest, read_split_info
 from mtl_ser.data.protocols import PROTOCOL_FOLDS
 from mtl_ser.data.text import normalize_transcript
+from mtl_ser.paired import DETAIL_FIELDS
 from mtl_ser.results import PredictionLog, write_run_outputs
 
 # Files scored per call of the model (their waveforms are held in memory at once).
@@ -283,6 +284,9 @@ def evaluate(
         "folds": trained.get("folds") or PROTOCOL_FOLDS.get(trained.get("protocol")),
         "seed": trained.get("seed"),
         "encoder": trained.get("encoder"),
+        # The trained run's setting, so that reports keep different settings apart.
+        **{key: trained.get(key) for key in DETAIL_FIELDS},
+        "best_epoch": (recognizer.model.info or {}).get("checkpoint_epoch"),
         "corpus": facts["corpus"],
         # The model's test speakers are not compared with this set's: not claimed.
         "speaker_independent": None,

@@ -80,6 +80,11 @@ def find_results(folders: list[str | Path]) -> list[dict]:
         missing = [k for k in (*REQUIRED_KEYS, *METRICS) if k not in data]
         if missing:
             raise ValueError(f"{path}: missing {', '.join(missing)}")
+        if data.get("best_epoch") is None and "evaluation" not in data:
+            raise ValueError(
+                f"{path}: best_epoch is null, the results of an untrained model (mtl-ser 0.1 "
+                "tested runs of --number_of_epochs=0); remove the run or train it"
+            )
         runs.append({**data, "path": str(path)})
     runs.sort(key=lambda r: (r["recipe"], r["protocol"], r["alpha"], r["fold"], r["seed"]))
     return runs

@@ -350,6 +350,8 @@ def complete_results(folder: Path) -> dict | None:
         return None
     if not isinstance(results, dict) or any(k not in results for k in RESULT_KEYS):
         return None
+    if results.get("best_epoch") is None:  # an untrained model's (mtl-ser 0.1): not a result
+        return None
     return results
 
 

@@ -32,6 +32,7 @@ def write_run(root, alpha, fold, predicted, ua, wer=None, hypotheses=None, seed=
         "fold": fold,
         "seed": seed,
         "encoder": "random:tiny",
+        "best_epoch": 3,
         "labels": LABELS,
         "wa": sum(t == p for t, p in zip(true, predicted, strict=True)) / 8,
         "ua": ua,

@@ -201,6 +201,19 @@ def test_runs_of_different_settings_are_separate_rows(tmp_path, change):
     assert len(confusions) == 2  # one file each, none overwritten
 
 
+def test_results_of_an_untrained_model_are_refused(tmp_path):
+    """mtl-ser 0.1 tested a run of --number_of_epochs=0 and wrote best_epoch null: such a
+    results.json is no result (the recipe now refuses 0 epochs) and must not be averaged;
+    the sweep does not count it as finished either."""
+    from mtl_ser.sweep.plan import complete_results
+
+    write_run(tmp_path / "a", fold=1, best_epoch=None)
+    with pytest.raises(ValueError, match="best_epoch is null, the results of an untrained"):
+        find_results([tmp_path])
+    results_file = next(tmp_path.rglob("results.json"))
+    assert complete_results(results_file.parent) is None
+
+
 def test_the_same_fold_twice_is_refused(tmp_path):
     write_run(tmp_path / "a", fold=1)
     write_run(tmp_path / "b", fold=1)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
+from mtl_ser.models import ssl
 from mtl_ser.models.heads import EmotionHead
 from mtl_ser.models.ssl import SSLEncoder, masked_group_norm, normalize_per_utterance
 
@@ -49,19 +50,17 @@ def test_padded_batch_equals_each_utterance_alone(encoder):
                 )
 
 
-def test_plain_group_norm_would_leak_padding(encoder):
-    """The reason for the masked first-layer norm: Hugging Face's own forward pass with an
-    attention mask still differs between padded and single runs for group-norm models."""
+def test_our_padding_awareness_rests_on_the_masked_group_norm(encoder, monkeypatch):
+    """Our encoder with the first GroupNorm's statistics taken over the padded batch (as
+    Hugging Face's forward does) gives a padded utterance another output than alone: the
+    masked norm is what makes `test_padded_batch_equals_each_utterance_alone` hold."""
     wavs, rel = padded_batch()
-    model = encoder.model
     n = LENGTHS[2]
-    mask = (torch.arange(wavs.shape[1])[None] < torch.tensor(LENGTHS)[:, None]).long()
+    monkeypatch.setattr(ssl, "masked_group_norm", lambda x, lengths, norm: norm(x))
     with torch.no_grad():
-        normalized = normalize_per_utterance(wavs, torch.tensor(LENGTHS))
-        batch = model(normalized, attention_mask=mask).last_hidden_state
-        alone = model(normalized[2:3, :n]).last_hidden_state
-    frames = alone.shape[1]
-    assert (batch[2, :frames] - alone[0]).abs().max() > 1e-3
+        hidden, frames, _ = encoder(wavs, rel)
+        alone, _, _ = encoder(wavs[2:3, :n], torch.ones(1))
+    assert (hidden[2, : frames[2]] - alone[0]).abs().max() > 1e-3
 
 
 def test_output_lengths_are_the_conv_formula(encoder):

@@ -35,7 +35,7 @@ if os.path.exists(out + ".crash"):
 if os.path.exists(out + ".silent"):
     sys.exit(print("forgot to write results"))
 json.dump({"wa": 0.5, "ua": 0.25, "wer": None, "confusion_matrix": [[1, 1], [0, 0]],
-           "labels": ["a", "b"], "alpha": 0.0, "fold": 1, "seed": 1,
+           "labels": ["a", "b"], "alpha": 0.0, "fold": 1, "seed": 1, "best_epoch": 1,
            "threads": os.environ["OMP_NUM_THREADS"],
            "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}, open(out + "/results.json", "w"))
 """
