@@ -160,6 +160,10 @@ def backbone_of(model_type: str, expected: str | None = None, where: str = "") -
     return BACKBONES[model_type]
 
 
+class ModelNotFoundError(OSError):
+    """A pretrained encoder that is neither cached nor downloadable; says how to provide it."""
+
+
 def _missing_model_message(source: str, save_path: str | None, err: Exception) -> str:
     return (
         f"could not load the encoder model {source!r} ({type(err).__name__}: {err}).\n"
@@ -234,7 +238,7 @@ def build_ssl_model(
     try:
         config = transformers.AutoConfig.from_pretrained(source, cache_dir=save_path)
     except (OSError, ValueError) as err:
-        raise OSError(_missing_model_message(source, save_path, err)) from err
+        raise ModelNotFoundError(_missing_model_message(source, save_path, err)) from err
     backbone = backbone_of(config.model_type, expected_type, repr(source))
     try:
         model, info = backbone.cls("model").from_pretrained(
@@ -245,7 +249,7 @@ def build_ssl_model(
             **config_overrides,
         )
     except OSError as err:
-        raise OSError(_missing_model_message(source, save_path, err)) from err
+        raise ModelNotFoundError(_missing_model_message(source, save_path, err)) from err
     _check_loading_info(source, info)
     return model, backbone
 
