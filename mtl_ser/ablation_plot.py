@@ -1,0 +1,161 @@
+"""The alpha-ablation figure of `mtl-ser report`: UA / WA and WER against alpha.
+
+Split from report.py, which builds the rows (`report.Row`) this module draws.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mtl_ser import paired
+from mtl_ser.report import METRIC_NAMES, PERCENT, Row, alpha_text, varying_details
+
+
+def plot_alpha_ablation(rows: list[Row], path: str | Path) -> Path:
+    """Writes UA / WA (top) and WER (bottom, when any row has one) against alpha.
+
+    One colour per (recipe, protocol); UA solid with filled circles, WA dashed with open
+    squares. Positive alphas lie on a log axis; alpha = 0 cannot, so it gets its own narrow
+    axis on the left, labelled "0", set off by break marks, and a dotted line carries its mean
+    across the log axis as the baseline to beat. Points of one alpha are nudged sideways so
+    that error bars do not hide each other. Error bars: sample std over the row's runs.
+
+    Returns: the path.
+    """
+    import matplotlib.pyplot as plt
+
+    from mtl_ser import plots  # noqa: F401  (selects the file-only matplotlib backend)
+
+    # One series per recipe, protocol and the details that vary (learning rates apart: with
+    # `sweep --alpha0-lr`, alpha = 0 runs at another rate belong to the same curve).
+    details = [f for f in varying_details(rows) if not f.startswith("lr_")]
+    label_of = {
+        id(r): " ".join([r.recipe, r.protocol, paired.setting_text(r.setting, details)]).strip()
+        for r in rows
+    }
+    series = sorted(set(label_of.values()))
+    has_zero = any(r.alpha == 0 for r in rows)
+    positives = sorted({r.alpha for r in rows if r.alpha > 0})
+    has_wer = any(r.stats["wer"][0] is not None for r in rows)
+    panels = [("accuracy (%)", ("ua", "wa"))] + ([("WER", ("wer",))] if has_wer else [])
+    columns = [c for c, present in (("zero", has_zero), ("log", bool(positives))) if present]
+    fig, axes = plt.subplots(
+        len(panels),
+        len(columns),
+        figsize=(3.0 + 1.0 * has_zero + 5.0 * bool(positives), 0.8 + 3.2 * len(panels)),
+        gridspec_kw={"width_ratios": [1 if c == "zero" else 6 for c in columns]},
+        sharey="row",
+        squeeze=False,
+        layout="constrained",  # keeps the legends outside the axes within the figure
+    )
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = {"ua": ("o", "-", None), "wa": ("s", "--", "white"), "wer": ("^", "-", None)}
+
+    def offset(series_index: int, metric: str) -> float:
+        # Sideways nudge in units of the alpha = 0 axis (whose width is 1).
+        spread = 0.12 * (series_index - (len(series) - 1) / 2)
+        return spread + {"ua": -0.035, "wa": 0.035, "wer": 0.0}[metric]
+
+    for p, (ylabel, metrics) in enumerate(panels):
+        for index, name in enumerate(series):
+            colour = colours[index % len(colours)]
+            mine = [r for r in rows if label_of[id(r)] == name]
+            for metric in metrics:
+                scale = 100 if metric in PERCENT else 1
+                marker, line, face = styles[metric]
+                shift = offset(index, metric)
+                for c, column in enumerate(columns):
+                    points = [
+                        (r.alpha, r.stats[metric], r)
+                        for r in mine
+                        if (r.alpha == 0) == (column == "zero") and r.stats[metric][0] is not None
+                    ]
+                    if not points:
+                        continue
+                    if column == "zero":
+                        xs = [1.0 + shift]
+                    else:  # the same nudge as a fraction of a decade
+                        xs = [alpha * 10 ** (0.5 * shift) for alpha, _, _ in points]
+                    ys = [stat[0] * scale for _, stat, _ in points]
+                    axes[p][c].errorbar(
+                        xs,
+                        ys,
+                        yerr=[(stat[1] or 0.0) * scale for _, stat, _ in points],
+                        marker=marker,
+                        markerfacecolor=face or colour,
+                        linestyle=line if column == "log" else "none",
+                        color=colour,
+                        capsize=3,
+                        markersize=5,
+                        label=f"{name} {METRIC_NAMES[metric].split()[0]}",
+                    )
+                    for x, y, (_, _, row) in zip(xs, ys, points, strict=True):
+                        if metric != "wa" and not row.complete:  # flagged on the figure too
+                            axes[p][c].annotate(
+                                f"{len(row.folds)}/{row.expected or '?'}",
+                                (x, y),
+                                xytext=(-6, -4),
+                                ha="right",
+                                textcoords="offset points",
+                                fontsize=7,
+                                color=colour,
+                            )
+                    if column == "zero" and positives:
+                        axes[p][-1].axhline(ys[0], color=colour, linestyle=":", linewidth=1)
+        for c, column in enumerate(columns):
+            ax = axes[p][c]
+            ax.grid(True, alpha=0.3)
+            if column == "zero":
+                ax.set_xlim(0.5, 1.5)
+                ax.set_xticks([1.0], ["0"])
+            else:
+                ax.set_xscale("log")
+                ax.set_xlim(positives[0] / 2.5, positives[-1] * 2.5)
+                ax.set_xticks(positives, [alpha_text(a) for a in positives])
+                ax.minorticks_off()
+            if c > 0:
+                ax.tick_params(axis="y", left=False)
+            if p == len(panels) - 1:
+                ax.set_xlabel("alpha (CTC weight)" if column == "log" else "alpha")
+        if len(columns) == 2:
+            _break_marks(axes[p][0], axes[p][1])
+        axes[p][0].set_ylabel(ylabel)
+        if ylabel == "WER" and has_zero:
+            axes[p][0].text(
+                1.0,
+                0.5,
+                "no CTC",
+                transform=axes[p][0].get_xaxis_transform(),
+                ha="center",
+                va="center",
+                rotation=90,
+                color="grey",
+                fontsize=8,
+            )
+        handles = {}
+        for ax in axes[p]:  # a series with alpha = 0 only is drawn on the left axis alone
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                handles.setdefault(label, handle)
+        axes[p][-1].legend(
+            handles.values(), handles.keys(), fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1)
+        )
+    fig.suptitle(
+        "alpha ablation: mean ± sample std over the runs (folds x seeds) of each point; "
+        "dotted: alpha = 0; k/n: only k of n folds found",
+        fontsize=9,
+    )
+    fig.get_layout_engine().set(wspace=0.0, w_pad=0.02)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def _break_marks(left, right) -> None:
+    """Diagonal marks on the facing spines of a broken x axis."""
+    left.spines["right"].set_visible(False)
+    right.spines["left"].set_visible(False)
+    size = 0.012
+    for ax, x, scale in ((left, 1.0, 6.0), (right, 0.0, 1.0)):  # the left axis is 6x narrower
+        kwargs = dict(transform=ax.transAxes, color="k", clip_on=False, linewidth=1)
+        for y in (0.0, 1.0):
+            ax.plot((x - size * scale, x + size * scale), (y - size * 2, y + size * 2), **kwargs)
