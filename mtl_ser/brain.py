@@ -270,7 +270,7 @@ class EmotionBrain(sb.Brain):
 
     def _train_loader_specifics(self, dataset, loader_kwargs):
         loader_kwargs = super()._train_loader_specifics(dataset, loader_kwargs)
-        if self.train_sampler is None and loader_kwargs.get("batch_sampler") is not None:
+        if not self.distributed_launch and loader_kwargs.get("batch_sampler") is not None:
             # Outside DDP SpeechBrain leaves a batch sampler alone and never calls its
             # set_epoch: every epoch would get the same batches, and a resumed epoch others.
             self.train_sampler = loader_kwargs["batch_sampler"]
