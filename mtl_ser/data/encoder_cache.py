@@ -133,6 +133,14 @@ def make_encoder_cache(
     return EncoderCache(folder, kind, dtype, max_gb, batch_size, num_workers)
 
 
+def readable_size(size: float) -> str:
+    """``123456789`` -> ``"123.5 MB"`` (decimal units)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{int(size)} B"
+
+
 def weights_digest(module: torch.nn.Module) -> str:
     """SHA-256 over a module's state (names, dtypes, shapes and values)."""
     digest = hashlib.sha256()
@@ -336,7 +344,7 @@ class EncoderCache:
         what = f"{self.describe()} as {self.dtype}"
         if total > self.max_gb * GB:
             raise EncoderCacheError(
-                f"the encoder cache of this run would take {total / GB:.1f} GB ({len(shapes)} "
+                f"the encoder cache of this run would take {readable_size(total)} ({len(shapes)} "
                 f"utterances, {hours:.1f} h, {what}) in {self.root}, more than "
                 f"encoder_cache_max_gb = {self.max_gb:g}: raise encoder_cache_max_gb, store "
                 "less (encoder_cache_dtype, or emotion_layers: last instead of all layers), "
@@ -361,8 +369,8 @@ class EncoderCache:
         free = shutil.disk_usage(self.root).free
         if needed > free:
             raise EncoderCacheError(
-                f"the encoder cache needs {needed / GB:.1f} GB more in {self.root}, but only "
-                f"{free / GB:.1f} GB are free: free some space, choose another "
+                f"the encoder cache needs {readable_size(needed)} more in {self.root}, but only "
+                f"{readable_size(free)} are free: free some space, choose another "
                 "encoder_cache_folder, or set encoder_cache_folder: null"
             )
         if missing:
@@ -377,12 +385,12 @@ class EncoderCache:
             "folder": str(store.folder),
         }
         logger.info(
-            "encoder cache: %d utterances (%.1f h), %s, %.2f GB in %s (%d reused, %d "
+            "encoder cache: %d utterances (%.1f h), %s, %s in %s (%d reused, %d "
             "computed, of which %d rebuilt)",
             len(shapes),
             hours,
             what,
-            stored / GB,
+            readable_size(stored),
             store.folder,
             self.reused,
             self.computed,

@@ -181,10 +181,10 @@ def test_a_damaged_entry_is_an_error_when_read_and_is_rebuilt_by_the_next_fill(c
 
 def test_a_cache_over_the_limit_is_refused_before_anything_is_computed(corpus, tmp_path):
     enc = encoder()
-    # 5.5 s of audio, 275 frames x 4 x 64 float32 values: 0.28 MB.
+    # 5.5 s of audio: 270 frames x (1 + 3) x 64 float32 values, 276.5 kB.
     cache = planned(tmp_path / "cache", enc, max_gb=0.0002)
     message = (
-        r"would take 0\.0 GB \(5 utterances, 0\.0 h, the last hidden state and all 3 hidden "
+        r"would take 276\.5 kB \(5 utterances, 0\.0 h, the last hidden state and all 3 hidden "
         r"layers \(64 dims\) as float32\) in .*cache, more than encoder_cache_max_gb = 0\.0002"
     )
     with pytest.raises(EncoderCacheError, match=message):
