@@ -206,12 +206,13 @@ class EncoderCache:
         """
         if not encoder.padding_aware:
             raise ValueError("the encoder cache needs a padding-aware encoder")
+        model_config = encoder.model.config
         # The family's own settings (the base class's generic ones, e.g. id2label, do not
         # change what the encoder computes), less those a frozen part in eval mode ignores.
         generic = set(transformers.PretrainedConfig().to_dict()) - {"model_type"}
         config = {
             k: v
-            for k, v in encoder.model.config.to_dict().items()
+            for k, v in model_config.to_dict().items()
             if not k.startswith("_")
             and k not in generic | _BOOKKEEPING
             and not any(word in k for word in _TRAINING_ONLY)
@@ -224,9 +225,13 @@ class EncoderCache:
         else:
             self.slots = ("conv",)
             frozen = encoder.model.feature_extractor
-            self.width = encoder.model.config.conv_dim[-1]
+            self.width = model_config.conv_dim[-1]
         self.num_layers = encoder.num_layers
-        self._frames = encoder.output_lengths
+        # (kernel, stride) of each convolution, to count frames without keeping the encoder
+        # (this object goes to the loader's worker processes with the pipelines).
+        self._convolutions = list(
+            zip(model_config.conv_kernel, model_config.conv_stride, strict=True)
+        )
         settings = {
             "encoder_cache_version": ENCODER_CACHE_VERSION,
             "kind": self.kind,
@@ -265,7 +270,9 @@ class EncoderCache:
     def entry_shape(self, samples: int) -> list[int]:
         """The shape of the entry of an utterance of ``samples`` samples: ``[T, C]`` (conv)
         or ``[T, K, D]`` (hidden; K stored layers)."""
-        frames = int(self._frames(torch.tensor([samples]))[0])
+        frames = samples
+        for kernel, stride in self._convolutions:
+            frames = (frames - kernel) // stride + 1
         if self.kind == "conv":
             return [frames, self.width]
         slots = ("hidden" in self.slots) + self.num_layers * ("layers" in self.slots)
