@@ -442,7 +442,7 @@ class EmotionBrain(sb.Brain):
         batch's utterances and the settings that help."""
         try:
             yield
-        except (torch.OutOfMemoryError, RuntimeError) as err:
+        except RuntimeError as err:  # torch.OutOfMemoryError is one
             if not is_out_of_memory(err):
                 raise
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""

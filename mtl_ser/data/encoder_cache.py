@@ -337,9 +337,11 @@ class EncoderCache:
             device: where to compute.
             progress: show progress (a bar on a terminal, one line otherwise).
 
-        Returns: a summary dict (entries, computed, reused, rebuilt, bytes, folder).
+        Returns: a summary dict (entries, computed, reused, rebuilt, bytes, folder); the
+        counters ``computed``, ``reused``, ``rebuilt`` are this pass's.
         """
         store = self._require_plan()
+        self.computed = self.reused = self.rebuilt = 0
         durations = {}
         for dataset in datasets:
             for utt in dataset.data_ids:
