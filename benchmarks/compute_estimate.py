@@ -11,7 +11,9 @@
    convolutions (elementwise operations are not counted; they are a few % here).
 2. Fits FLOPs(d) = a d + b d^2 (attention is quadratic in length) and averages it over an
    assumed IEMOCAP duration distribution (log-normal, mean 4.56 s = 7 h / 5531 utterances,
-   sd 3.2 s), alone and padded in random batches of 8 (the recipe's default batching).
+   sd 3.2 s), alone and padded in batches of 8: length-grouped (``sorting: grouped``, the
+   recipes' default, mtl_ser/data/sampler.py) or random (``--sorting random``, the default
+   before); evaluation batches in duration order, as the recipes run them.
 3. Multiplies by the audio each fold trains and evaluates on, epochs, folds and alphas, and
    converts to GPU hours for a stated fraction of a stated peak.
 
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from mtl_ser.data.sampler import LengthGroupedBatchSampler
 from mtl_ser.models.heads import CTCHead, EmotionHead
 from mtl_ser.models.objective import MultiTaskObjective
 from mtl_ser.models.ssl import SSLEncoder
@@ -113,6 +116,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--alphas", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--sorting", choices=["grouped", "random"], default="grouped")
+    parser.add_argument("--group-pool", type=int, default=100, help="batches per pool")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -159,15 +164,31 @@ def main() -> None:
 
     per_audio_s = cost(fit_train, durations).sum() / durations.sum()
     per_audio_s_eval = cost(fit_eval, durations).sum() / durations.sum()
-    batches = durations[: len(durations) // args.batch_size * args.batch_size]
-    batch_max = batches.reshape(-1, args.batch_size).max(axis=1)
-    padded = args.batch_size * cost(fit_train, batch_max).sum()
-    padding = padded / cost(fit_train, batches).sum()
+
+    def padding_of(batches) -> float:
+        """Padded / true FLOPs of training steps over these batches of durations."""
+        padded = sum(len(b) * cost(fit_train, b.max()) for b in batches)
+        return padded / cost(fit_train, durations).sum()
+
+    size = args.batch_size
+    random_batches = np.array_split(durations, np.arange(size, len(durations), size))
+    sampler = LengthGroupedBatchSampler(durations, size, pool=args.group_pool, seed=0)
+    grouped_batches = [durations[b] for b in sampler.batches()]
+    by_length = np.sort(durations)[::-1]
+    eval_batches = np.array_split(by_length, np.arange(size, len(by_length), size))
+    factors = {"random": padding_of(random_batches), "grouped": padding_of(grouped_batches)}
+    padding = factors[args.sorting]
+    eval_padding = (
+        sum(len(b) * cost(fit_eval, b.max()) for b in eval_batches)
+        / cost(fit_eval, durations).sum()
+    )
     print(
         f"\ncorpus: {args.hours} h in {args.utterances} utterances (mean {mean:.2f} s, assumed "
         f"log-normal sd {args.sd} s)\nper second of audio: train {per_audio_s / 1e9:.1f} GFLOP, "
-        f"eval {per_audio_s_eval / 1e9:.1f} GFLOP; padding in random batches of "
-        f"{args.batch_size}: x{padding:.2f} (eval batches padded alike)"
+        f"eval {per_audio_s_eval / 1e9:.1f} GFLOP\npadding in batches of {size}: training "
+        f"x{factors['random']:.2f} random, x{factors['grouped']:.3f} grouped (pools of "
+        f"{args.group_pool} batches); evaluation in duration order x{eval_padding:.3f}; "
+        f"below: {args.sorting}"
     )
 
     print(
@@ -175,24 +196,24 @@ def main() -> None:
         "(each epoch: train + validation pass; then one test pass)"
     )
     for protocol, (folds, (f_train, f_valid, f_test)) in PROTOCOLS.items():
-        per_fold = (
-            args.epochs * (f_train * per_audio_s + f_valid * per_audio_s_eval)
-            + f_test * per_audio_s_eval
-        ) * total_s
-        flops = per_fold * folds * args.alphas
-        for label, factor in (("unpadded", 1.0), ("padded", padding)):
+        train_part = args.epochs * f_train * per_audio_s * total_s
+        eval_part = (args.epochs * f_valid + f_test) * per_audio_s_eval * total_s
+        per_fold = train_part + eval_part
+        padded_fold = train_part * padding + eval_part * eval_padding
+        flops = padded_fold * folds * args.alphas
+        for label, run in (("unpadded", per_fold), ("padded", padded_fold)):
             print(
-                f"  {protocol:8s} {folds:2d} folds, {label:8s}: {per_fold * factor:.2e} FLOP/run, "
-                f"{flops * factor:.2e} FLOP in all"
+                f"  {protocol:8s} {folds:2d} folds, {label:8s}: {run:.2e} FLOP/run, "
+                f"{run * folds * args.alphas:.2e} FLOP in all"
             )
         for gpu, peak in GPUS.items():
-            low, high = (flops * padding / (peak * u) / 3600 for u in reversed(UTILISATION))
+            low, high = (flops / (peak * u) / 3600 for u in reversed(UTILISATION))
             print(
                 f"      {gpu:34s} at {UTILISATION[0]:.0%}-{UTILISATION[1]:.0%} of peak: "
                 f"{low:6.1f} - {high:6.1f} GPU h ({low / folds / args.alphas:.2f} - "
                 f"{high / folds / args.alphas:.2f} h per run)"
             )
-        days = flops * padding / cpu_rate / 86400
+        days = flops / cpu_rate / 86400
         print(f"      this CPU at its measured rate: {days:,.0f} days")
 
 

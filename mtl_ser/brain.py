@@ -21,10 +21,18 @@ Optimisation differs from ``sb.Brain`` where SpeechBrain 1.1 changes the science
   parameter groups (``per_optimizer``; SpeechBrain clips only the first group);
 - a batch whose loss is not finite is skipped (no backward) with a warning and counted in
   the epoch log; ``nonfinite_patience`` consecutive ones stop training with an error.
+
+Speed: batches move to the device asynchronously (from pinned memory when the loaders pin),
+loss sums stay on the device until a stage ends, and the one host synchronisation per
+training batch is the finiteness check. With ``encoder_cache`` (a frozen encoder or feature
+encoder, mtl_ser/data/encoder_cache.py) the cache is filled before the first epoch and
+training and validation batches carry its entries instead of waveforms. A batch that runs
+out of memory stops the run with an `OutOfMemoryBatchError` naming its utterances.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -55,6 +63,37 @@ class NonFiniteLossError(RuntimeError):
     """Training diverged: too many consecutive batches with a NaN / infinite loss."""
 
 
+class OutOfMemoryBatchError(RuntimeError):
+    """A batch did not fit in the device's memory (the message names its utterances)."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """A CUDA (or other accelerator) out-of-memory error, or the CPU allocator's failure."""
+    return isinstance(err, torch.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
+    )
+
+
+def out_of_memory_message(batch, stage, device) -> str:
+    """What ran out of memory and what helps: the batch's utterance ids and durations
+    (longest first), and the settings that lower the memory a batch needs."""
+    durations = [float(d) for d in batch.duration]
+    order = sorted(range(len(durations)), key=lambda i: -durations[i])
+    utterances = ", ".join(f"{batch.id[i]} ({durations[i]:.1f} s)" for i in order)
+    if stage == sb.Stage.TRAIN:
+        helps = (
+            "--gradient_checkpointing=True, --max_len=<seconds> (random training crops), "
+            "--precision=bf16, or a smaller --batch_size with a larger "
+            "--grad_accumulation_factor (the same effective batch)"
+        )
+    else:
+        helps = "a smaller --eval_batch_size, or --precision=bf16"
+    return (
+        f"out of memory on {device} in a {stage.name.lower()} batch of {len(durations)} "
+        f"utterance(s): {utterances}. Lower the memory a batch needs: {helps}"
+    )
+
+
 @dataclass
 class Outputs:
     """What `EmotionBrain.compute_forward` returns."""
@@ -62,6 +101,7 @@ class Outputs:
     emo_logits: torch.Tensor  # [B, C]
     ctc_log_probs: torch.Tensor | None  # [B, T, V], None when alpha = 0
     frame_lens: torch.Tensor  # [B] true encoder frame counts
+    augmented: bool = False  # batch_augment ran (its copies need their labels replicated)
 
 
 class EmotionBrain(sb.Brain):
@@ -80,7 +120,8 @@ class EmotionBrain(sb.Brain):
     ``heads_opt_class``, ``warmup_fraction``, ``lr_decay``, ``number_of_epochs``,
     ``grad_clip``, ``checkpoint_selection``, ``epoch_counter`` (an
     `mtl_ser.stopping.EarlyStoppingCounter`), ``train_logger``, ``experiment_tracker``,
-    ``output_folder``; and
+    ``output_folder``, ``encoder_cache`` (null, or an
+    `mtl_ser.data.encoder_cache.EncoderCache`); and
     SpeechBrain's run options ``max_grad_norm``, ``grad_accumulation_factor``,
     ``nonfinite_patience``.
     """
@@ -116,6 +157,14 @@ class EmotionBrain(sb.Brain):
         if self.checkpointer is not None:
             # Resume continues with the random numbers the uninterrupted run would draw.
             self.checkpointer.add_recoverable("random_states", RandomStates())
+        self.encoder_cache = self.hparams.encoder_cache
+        if self.encoder_cache is not None:
+            # Planned on the bare encoder (before any DDP wrapping), with the heads that
+            # remain (no CTC head at alpha = 0): they decide which hidden layers are stored.
+            self._bare_encoder = self.modules.encoder
+            heads = [module for name, module in self.modules.items() if name != "encoder"]
+            self.encoder_cache.plan(self._bare_encoder, heads)
+        self._cache_datasets: list = []
         self.batches_per_epoch = None
         self.steps_per_epoch = None
         self.test_done = False
@@ -129,18 +178,26 @@ class EmotionBrain(sb.Brain):
     def compute_forward(self, batch, stage) -> Outputs:
         """Encoder -> (shared dropout) -> heads. Training batches are augmented first (if
         configured)."""
-        batch = batch.to(self.device)
-        inputs, input_lens = batch.sig if self.hparams.features is None else batch.feats
-        if stage == sb.Stage.TRAIN and self.hparams.batch_augment is not None:
-            inputs, input_lens = self.hparams.batch_augment(inputs, input_lens)
-        # Every head gets the encoder's output and hidden layers and reads what it needs.
-        enc = self.modules.encoder(inputs, input_lens)
+        # Asynchronous from pinned memory: the host queues the step without waiting.
+        batch = batch.to(self.device, non_blocking=True)
+        augmented = False
+        if self.encoder_cache is not None and stage != sb.Stage.TEST:
+            # Training and validation read the frozen part's stored output (never
+            # augmented: the cache refuses augmentation); the test pass runs the encoder.
+            enc = self.encoder_cache.encoder_output(batch.cached, self.modules.encoder)
+        else:
+            inputs, input_lens = batch.sig if self.hparams.features is None else batch.feats
+            if stage == sb.Stage.TRAIN and self.hparams.batch_augment is not None:
+                inputs, input_lens = self.hparams.batch_augment(inputs, input_lens)
+                augmented = True
+            # Every head gets the encoder's output and hidden layers and reads what it needs.
+            enc = self.modules.encoder(inputs, input_lens)
         # One dropout mask on the last layer shared by both heads, as the released code's
         # `final_dropout` (heads reading a weighted sum of layers have their own dropout).
         hidden = F.dropout(enc.hidden, self.hparams.head_dropout, training=stage == sb.Stage.TRAIN)
         emo_logits = self.modules.emotion_head(hidden, enc.lengths, enc.layers)
         ctc = self.modules.ctc_head(hidden, enc.layers) if self.objective.ctc_enabled else None
-        return Outputs(emo_logits, ctc, enc.lengths)
+        return Outputs(emo_logits, ctc, enc.lengths, augmented)
 
     def compute_objectives(self, outputs: Outputs, batch, stage) -> torch.Tensor:
         """The weighted loss; keeps the batch's per-task losses and, outside training, its
@@ -149,9 +206,9 @@ class EmotionBrain(sb.Brain):
         tokens, token_rel = batch.tokens
         token_lens = torch.round(token_rel * tokens.shape[1]).long()
         ctc_mask = batch.ctc_mask.data.squeeze(-1)
-        augment = self.hparams.batch_augment
-        if stage == sb.Stage.TRAIN and augment is not None:
+        if outputs.augmented:
             # Augmented copies keep their utterance's emotion and transcript.
+            augment = self.hparams.batch_augment
             emo, tokens, token_lens, ctc_mask = augment.replicate_multiple_labels(
                 emo, tokens, token_lens, ctc_mask
             )
@@ -197,6 +254,12 @@ class EmotionBrain(sb.Brain):
     def fit(self, epoch_counter, train_set, valid_set=None, **kwargs):
         """`sb.Brain.fit`, after counting the batches and optimiser steps per epoch for the
         accumulation windows and the schedule."""
+        # The encoder cache (if any) is filled for these in on_fit_start.
+        self._cache_datasets = [
+            s.dataset if isinstance(s, DataLoader) else s
+            for s in (train_set, valid_set)
+            if s is not None
+        ]
         if not isinstance(train_set, DataLoader | LoopedLoader):
             train_set = self.make_dataloader(
                 train_set, stage=sb.Stage.TRAIN, **kwargs.pop("train_loader_kwargs", {})
@@ -204,6 +267,29 @@ class EmotionBrain(sb.Brain):
         self.batches_per_epoch = len(train_set)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.grad_accumulation_factor)
         super().fit(epoch_counter, train_set, valid_set, **kwargs)
+
+    def _train_loader_specifics(self, dataset, loader_kwargs):
+        loader_kwargs = super()._train_loader_specifics(dataset, loader_kwargs)
+        if not self.distributed_launch and loader_kwargs.get("batch_sampler") is not None:
+            # Outside DDP SpeechBrain leaves a batch sampler alone and never calls its
+            # set_epoch: every epoch would get the same batches, and a resumed epoch others.
+            self.train_sampler = loader_kwargs["batch_sampler"]
+        return loader_kwargs
+
+    def on_fit_start(self):
+        """SpeechBrain's (optimisers, resume), then the encoder cache is filled (on the
+        main process, the others wait) unless training is already over."""
+        super().on_fit_start()
+        if self.encoder_cache is not None and not self.hparams.epoch_counter.finished:
+            sb.utils.distributed.run_on_main(
+                self.encoder_cache.fill,
+                kwargs={
+                    "encoder": self._bare_encoder,
+                    "datasets": self._cache_datasets,
+                    "device": self.device,
+                    "progress": not self.noprogressbar,
+                },
+            )
 
     def accumulation_window(self, batch_index: int) -> tuple[int, int]:
         """The accumulation window of the ``batch_index``-th batch of an epoch (1-based):
@@ -222,7 +308,7 @@ class EmotionBrain(sb.Brain):
         window_end, window_size = self.accumulation_window(self.step)
         should_step = self.step >= window_end
         self.on_fit_batch_start(batch, should_step)
-        with self.no_sync(not should_step):
+        with self._naming_out_of_memory(batch, sb.Stage.TRAIN), self.no_sync(not should_step):
             with self.training_ctx:
                 outputs = self.compute_forward(batch, sb.Stage.TRAIN)
                 loss = self.compute_objectives(outputs, batch, sb.Stage.TRAIN)
@@ -344,11 +430,25 @@ class EmotionBrain(sb.Brain):
     # -------------------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate_batch(self, batch, stage):
-        with self.evaluation_ctx:
+        with self._naming_out_of_memory(batch, stage), self.evaluation_ctx:
             outputs = self.compute_forward(batch, stage=stage)
             loss = self.compute_objectives(outputs, batch, stage=stage)
         self._add_to_sums(self.batch_losses)
         return loss.detach()
+
+    @contextlib.contextmanager
+    def _naming_out_of_memory(self, batch, stage):
+        """Turns an out-of-memory error into an `OutOfMemoryBatchError` that names the
+        batch's utterances and the settings that help."""
+        try:
+            yield
+        except RuntimeError as err:  # torch.OutOfMemoryError is one
+            if not is_out_of_memory(err):
+                raise
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise OutOfMemoryBatchError(
+                f"{out_of_memory_message(batch, stage, self.device)} ({first_line})"
+            ) from err
 
     def update_average(self, loss, avg_loss):
         """SpeechBrain's running average, skipped: the stage sums are kept on the device."""

@@ -18,6 +18,9 @@ from pathlib import Path
 from hyperpyyaml.core import resolve_references
 from ruamel.yaml import YAML
 
+from mtl_ser.data.encoder_cache import cache_kind
+from mtl_ser.data.feature_cache import DTYPES
+from mtl_ser.data.pipelines import SORTINGS
 from mtl_ser.data.protocols import PROTOCOL_FOLDS
 
 
@@ -93,7 +96,12 @@ RULES: dict[str, Rule] = {
     "batch_size": integer(1),
     "eval_batch_size": integer(1),
     "max_len": optional(number(0.0, low_open=True)),
-    "sorting": choice("random", "ascending", "descending"),
+    "sorting": choice(*SORTINGS),
+    "group_pool": integer(1),
+    "pin_memory": optional(boolean),
+    "persistent_workers": optional(boolean),
+    "encoder_cache_dtype": choice(*sorted(DTYPES)),
+    "encoder_cache_max_gb": number(0.0, low_open=True),
     "dynamic_batching": boolean,
     "max_batch_length": number(0.0, low_open=True),
     "num_buckets": integer(1),
@@ -187,6 +195,8 @@ def check_hparams(
                     f"{_flag(key, effective[key], cli_keys)}: {key} must be {allowed}"
                 )
     _check_fold(effective, cli_keys)
+    _check_encoder_cache(effective)
+    _check_workers(effective)
     _check_distributed(effective, run_opts)
     _check_data(effective)
     _check_writable(Path(effective["output_folder"]))
@@ -202,6 +212,28 @@ def _check_fold(config: dict, cli_keys: set[str]) -> None:
             f"{_flag('fold', config['fold'], cli_keys)}: protocol {config['protocol']} has "
             f"folds 1..{folds}"
         )
+
+
+def _check_encoder_cache(config: dict) -> None:
+    """A cache of frozen encoder outputs must give what every epoch would compute."""
+    if "encoder_cache_folder" not in config:
+        return
+    try:
+        cache_kind(
+            config["encoder_cache_folder"],
+            config["freeze_encoder"],
+            config["freeze_feature_encoder"],
+            config["augment_prob"],
+            config["max_len"],
+            config["padding_aware"],
+        )
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _check_workers(config: dict) -> None:
+    if config.get("persistent_workers") and config.get("num_workers") == 0:
+        raise ConfigError("persistent_workers: True needs num_workers > 0 (or null: automatic)")
 
 
 def _check_distributed(config: dict, run_opts) -> None:

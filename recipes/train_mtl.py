@@ -18,7 +18,7 @@ import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 
 from mtl_ser.brain import EmotionBrain
-from mtl_ser.data.pipelines import dataio_prep, train_loader_options
+from mtl_ser.data.pipelines import dataio_prep, eval_loader_options, train_loader_options
 from mtl_ser.experiment import (
     end_distributed,
     experiment_vocabulary,
@@ -70,11 +70,11 @@ def main(argv):
         brain.hparams.epoch_counter,
         datasets["train"],
         datasets["valid"],
-        train_loader_kwargs=train_loader_options(hparams, datasets["train"]),
-        valid_loader_kwargs=hparams["eval_dataloader_opts"],
+        train_loader_kwargs=train_loader_options(hparams, datasets["train"], brain.device),
+        valid_loader_kwargs=eval_loader_options(hparams, brain.device),
     )
     # The test set, once, from the checkpoint chosen on validation (checkpoint_selection).
-    brain.evaluate(datasets["test"], test_loader_kwargs=hparams["eval_dataloader_opts"])
+    brain.evaluate(datasets["test"], test_loader_kwargs=eval_loader_options(hparams, brain.device))
     if sb.utils.distributed.if_main_process():
         results = brain.results
         wer = "n/a" if results["wer"] is None else f"{results['wer']:.3f}"

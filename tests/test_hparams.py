@@ -69,7 +69,15 @@ def test_hparams_load(hparams, override, tmp_path):
     assert hparams_dict["output_folder"] == str(tmp_path / "out")
     assert "encoder" in hparams_dict["modules"] and "emotion_head" in hparams_dict["modules"]
     # Keys every recipe's Brain and pipelines read (see mtl_ser/brain.py, data/pipelines.py).
-    for key in ("alpha", "features", "batch_augment", "max_len", "encoder_name", "recipe"):
+    for key in (
+        "alpha",
+        "features",
+        "encoder_cache",
+        "batch_augment",
+        "max_len",
+        "encoder_name",
+        "recipe",
+    ):
         assert key in hparams_dict, key
 
 

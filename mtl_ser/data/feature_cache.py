@@ -14,12 +14,14 @@ rewriting an audio file, addresses another entry, which is computed afresh. (Lik
 would miss a file rewritten in place with the same size and modification time.)
 
 Entry format and corruption. ``MAGIC``, a 4-byte little-endian header length, a JSON header
-(the full key, shape, dtype, and a SHA-256 over those and the payload), then the float32
-payload. An entry is written to a temporary file in the same folder and renamed into place
-(atomic), so readers never see a partial entry from a live writer and concurrent writers
-(DDP processes, loader workers) are harmless. Every read checks magic, header, key,
-checksum and size; a truncated or corrupted entry (a crash without fsync, a full disk, a bad
-copy) is logged, recomputed and rewritten, never used.
+(the full key, shape, dtype, and a SHA-256 over those and the payload), then the payload: one
+little-endian tensor of 2 or 3 dimensions, float32 (the log-mel features) or, for the encoder
+cache (mtl_ser/data/encoder_cache.py, which shares this storage through `EntryStore`),
+float16 or bfloat16. An entry is written to a temporary file in the same folder and
+renamed into place (atomic), so readers never see a partial entry from a live writer and
+concurrent writers (DDP processes, loader workers) are harmless. Every read checks magic,
+header, key, checksum and size; a truncated or corrupted entry (a crash without fsync, a
+full disk, a bad copy) is logged, recomputed and rewritten, never used.
 
 Augmentation versus cache. A waveform augmentation (speed, noise) changes the features, so
 the two cannot both apply to one sample. The rule (`FeatureSource`): a *training* sample is
@@ -35,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import struct
 import tempfile
@@ -102,16 +105,29 @@ def _checksum(key: dict, shape: list, dtype: str, payload: bytes) -> str:
     return hashlib.sha256(described.encode() + payload).hexdigest()
 
 
-def encode_entry(key: dict, feats: torch.Tensor) -> bytes:
-    """Serialises features ``[T, F]`` with their key (see the module docstring)."""
-    payload = np.ascontiguousarray(feats.detach().cpu().numpy(), dtype="<f4").tobytes()
-    shape = list(feats.shape)
+# Payload dtypes: the name in the header -> (torch dtype, bytes per value).
+DTYPES = {
+    "float32": (torch.float32, 4),
+    "float16": (torch.float16, 2),
+    "bfloat16": (torch.bfloat16, 2),
+}
+
+
+def encode_entry(key: dict, tensor: torch.Tensor, dtype: str = "float32") -> bytes:
+    """Serialises a tensor of 2 or 3 dimensions (e.g. features ``[T, F]``), converted to
+    ``dtype`` (a `DTYPES` name), with its key (see the module docstring)."""
+    torch_dtype, _ = DTYPES[dtype]
+    values = tensor.detach().to("cpu", torch_dtype).contiguous()
+    # Through a same-width integer view: numpy has no bfloat16. Stored little-endian.
+    payload = values.view(torch.int32 if dtype == "float32" else torch.int16).numpy()
+    payload = payload.astype(payload.dtype.newbyteorder("<"), copy=False).tobytes()
+    shape = list(tensor.shape)
     header = json.dumps(
         {
             "key": key,
             "shape": shape,
-            "dtype": "float32",
-            "sha256": _checksum(key, shape, "float32", payload),
+            "dtype": dtype,
+            "sha256": _checksum(key, shape, dtype, payload),
         },
         sort_keys=True,
     ).encode()
@@ -119,8 +135,8 @@ def encode_entry(key: dict, feats: torch.Tensor) -> bytes:
 
 
 def decode_entry(data: bytes, key: dict) -> torch.Tensor:
-    """Features ``[T, F]`` of a serialised entry; raises CacheEntryError saying what is wrong
-    when it is truncated, corrupted or holds another key."""
+    """The tensor of a serialised entry, in its stored dtype; raises CacheEntryError saying
+    what is wrong when it is truncated, corrupted or holds another key."""
     start = len(MAGIC) + _HEADER_LEN.size
     if len(data) < start or not data.startswith(MAGIC):
         raise CacheEntryError("no valid magic number (truncated or not a cache entry)")
@@ -137,16 +153,84 @@ def decode_entry(data: bytes, key: dict) -> torch.Tensor:
     payload = data[start + header_len :]
     if _checksum(key, shape, dtype, payload) != checksum:
         raise CacheEntryError("checksum mismatch (truncated or corrupted)")
-    if dtype != "float32" or not _is_shape(shape) or len(payload) != 4 * shape[0] * shape[1]:
+    if dtype not in DTYPES or not _is_shape(shape):
+        raise CacheEntryError(f"unsupported content: {dtype} {shape}")
+    torch_dtype, width = DTYPES[dtype]
+    if len(payload) != width * math.prod(shape):
         raise CacheEntryError(f"payload of {len(payload)} bytes does not hold {dtype} {shape}")
-    return torch.from_numpy(np.frombuffer(payload, dtype="<f4").reshape(shape).copy())
+    integers = np.frombuffer(payload, dtype="<i4" if width == 4 else "<i2")
+    values = torch.from_numpy(integers.astype(integers.dtype.newbyteorder("="))).view(torch_dtype)
+    return values.reshape(shape)
 
 
 def _is_shape(shape) -> bool:
-    return isinstance(shape, list) and len(shape) == 2 and all(type(n) is int for n in shape)
+    return (
+        isinstance(shape, list)
+        and len(shape) in (2, 3)
+        and all(type(n) is int and n >= 0 for n in shape)
+    )
 
 
-class FeatureCache:
+def entry_size(shape: list[int], dtype: str) -> int:
+    """Bytes of an entry's payload (its header adds about 400 bytes)."""
+    return DTYPES[dtype][1] * math.prod(shape)
+
+
+class EntryStore:
+    """Entries keyed by settings and by an audio file's identity, stored under ``folder``:
+    the storage of the feature cache and of the encoder cache (see the module docstring).
+
+    Args:
+        folder: the cache root (shared by runs; one subfolder per settings digest).
+        settings: a JSON-able dict of everything that changes the stored numbers (written
+            to ``settings.json`` for people).
+        dtype: the payload's dtype (a `DTYPES` name).
+    """
+
+    def __init__(self, folder: str | Path, settings: dict, dtype: str = "float32"):
+        if dtype not in DTYPES:
+            raise ValueError(f"cache dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
+        self.settings = settings
+        self.dtype = dtype
+        self.settings_digest = _digest({"format": CACHE_FORMAT, **settings})[:20]
+        self.folder = Path(folder) / self.settings_digest
+
+    def entry_path(self, key: dict) -> Path:
+        digest = _digest(key)
+        return self.folder / digest[:2] / f"{digest}.feat"
+
+    def key(self, path: str | Path) -> dict:
+        """The full key of an audio file's entry."""
+        return {"settings": self.settings_digest, "source": source_identity(path)}
+
+    def load(self, path: str | Path) -> torch.Tensor | None:
+        """The stored tensor of an audio file (in the stored dtype), or None when there is
+        no entry; raises CacheEntryError when the entry is damaged."""
+        key = self.key(path)
+        try:
+            data = self.entry_path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        return decode_entry(data, key)
+
+    def store(self, path: str | Path, tensor: torch.Tensor) -> int:
+        """Writes an audio file's entry atomically; returns its size in bytes."""
+        key = self.key(path)
+        data = encode_entry(key, tensor, self.dtype)
+        self._write(self.entry_path(key), data)
+        return len(data)
+
+    def _write(self, entry: Path, data: bytes) -> None:
+        """Writes to a temporary file next to ``entry``, then renames it into place."""
+        if not entry.parent.is_dir():
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            settings = self.folder / "settings.json"
+            if not settings.is_file():
+                _atomic_write(settings, json.dumps(self.settings, indent=2).encode())
+        _atomic_write(entry, data)
+
+
+class FeatureCache(EntryStore):
     """Front-end features of audio files, computed once and stored under ``folder``.
 
     Args:
@@ -159,47 +243,27 @@ class FeatureCache:
     """
 
     def __init__(self, folder: str | Path, front_end):
+        super().__init__(folder, front_end.settings)
         self.front_end = front_end
-        self.settings_digest = _digest({"format": CACHE_FORMAT, **front_end.settings})[:20]
-        self.folder = Path(folder) / self.settings_digest
         self.computed = self.reused = self.rebuilt = 0
-
-    def entry_path(self, key: dict) -> Path:
-        digest = _digest(key)
-        return self.folder / digest[:2] / f"{digest}.feat"
-
-    def key(self, path: str | Path) -> dict:
-        """The full key of an audio file's entry."""
-        return {"settings": self.settings_digest, "source": source_identity(path)}
 
     def get(self, path: str | Path) -> torch.Tensor:
         """Features ``[T, F]`` of an audio file: the cached entry if valid, else computed
         (from the file read at the front end's rate) and stored."""
-        key = self.key(path)
-        entry = self.entry_path(key)
         try:
-            feats = decode_entry(entry.read_bytes(), key)
-        except FileNotFoundError:
-            pass
+            feats = self.load(path)
         except CacheEntryError as err:
+            entry = self.entry_path(self.key(path))
             logger.warning("feature cache entry %s is invalid (%s): recomputing", entry, err)
             self.rebuilt += 1
         else:
-            self.reused += 1
-            return feats
+            if feats is not None:
+                self.reused += 1
+                return feats
         feats = compute_features(self.front_end, path)
-        self._write(entry, encode_entry(key, feats))
+        self.store(path, feats)
         self.computed += 1
         return feats
-
-    def _write(self, entry: Path, data: bytes) -> None:
-        """Writes to a temporary file next to ``entry``, then renames it into place."""
-        if not entry.parent.is_dir():
-            entry.parent.mkdir(parents=True, exist_ok=True)
-            settings = self.folder / "settings.json"
-            if not settings.is_file():
-                _atomic_write(settings, json.dumps(self.front_end.settings, indent=2).encode())
-        _atomic_write(entry, data)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

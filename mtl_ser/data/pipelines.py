@@ -5,13 +5,22 @@ Dynamic items of every dataset:
                  recipes; or, when the recipe configures ``features`` (a
                  `mtl_ser.data.feature_cache.FeatureSource`), instead of it:
     feats        ``[T, F]`` features (log-mel for the CNN), cached or, for training samples
-                 drawn for waveform augmentation, computed from the augmented waveform
+                 drawn for waveform augmentation, computed from the augmented waveform;
+                 or, for the training and validation sets of a run with an
+                 `mtl_ser.data.encoder_cache.EncoderCache` (a frozen encoder or feature
+                 encoder), instead of both:
+    cached       the frozen encoder's stored output (``[T, K, D]`` hidden layers or
+                 ``[T, C]`` convolutional features): the audio is not read
     cropped      whether a training crop (of ``max_len`` seconds) cut the utterance
     emo_encoded  ``[1]`` class id in the label set's order
     tokens       ``[L]`` character ids of ``wrd`` (a single space when there is no text)
     ctc_mask     ``[1]`` bool: the utterance trains / scores CTC (has text and was not cropped,
                  since a crop no longer matches the full transcript)
-Static keys passed through: id, wrd, has_text, scripted.
+Static keys passed through: id, wrd, has_text, scripted, duration (seconds, for messages).
+
+Batches: training batches are length-grouped by default (``sorting: grouped``,
+`mtl_ser.data.sampler.LengthGroupedBatchSampler`); validation and test sets are sorted by
+duration, longest first (`dataio_prep`).
 """
 
 from __future__ import annotations
@@ -24,12 +33,24 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.sampler import DynamicBatchSampler
 
 from mtl_ser.data.audio import SAMPLE_RATE, load_audio
+from mtl_ser.data.encoder_cache import EncoderCache
 from mtl_ser.data.feature_cache import FeatureSource
 from mtl_ser.data.labels import LabelSet
 from mtl_ser.data.manifest import load_manifest
+from mtl_ser.data.sampler import LengthGroupedBatchSampler
 from mtl_ser.data.text import CharVocabulary
 
-OUTPUT_KEYS = ["id", "emo_encoded", "tokens", "ctc_mask", "wrd", "has_text", "scripted"]
+OUTPUT_KEYS = [
+    "id",
+    "emo_encoded",
+    "tokens",
+    "ctc_mask",
+    "wrd",
+    "has_text",
+    "scripted",
+    "duration",
+]
+SORTINGS = ("grouped", "random", "ascending", "descending")
 
 
 def load_dataset(annotation: str | Path, data_folder: str | Path) -> DynamicItemDataset:
@@ -61,6 +82,7 @@ def add_pipelines(
     max_len: float | None,
     features: FeatureSource | None = None,
     train: bool = False,
+    encoder_cache: EncoderCache | None = None,
 ) -> None:
     """Attaches the dynamic items described in the module docstring.
 
@@ -73,9 +95,20 @@ def add_pipelines(
         features: None: the encoder reads waveforms (``sig``); else the source of the
             encoder's features (``feats``, cropped to ``max_len`` seconds of frames).
         train: a training split (``features`` may then augment waveforms).
+        encoder_cache: the encoder's input comes from this cache (``cached``), read
+            whole (the cache refuses ``max_len``).
     """
 
-    if features is None:
+    if encoder_cache is not None:
+        key = "cached"
+
+        @sb.utils.data_pipeline.takes("wav")
+        @sb.utils.data_pipeline.provides("cached", "cropped")
+        def encoder_input(wav):
+            return encoder_cache.read(wav), False
+
+    elif features is None:
+        key = "sig"
         max_samples = None if max_len is None else int(max_len * SAMPLE_RATE)
 
         @sb.utils.data_pipeline.takes("wav")
@@ -84,6 +117,7 @@ def add_pipelines(
             return random_crop(load_audio(wav), max_samples)
 
     else:
+        key = "feats"
         max_frames = None if max_len is None else int(max_len * features.frames_per_second)
 
         @sb.utils.data_pipeline.takes("wav")
@@ -108,7 +142,7 @@ def add_pipelines(
 
     for pipeline in (encoder_input, emotion, text):
         dataset.add_dynamic_item(pipeline)
-    dataset.set_output_keys(OUTPUT_KEYS + ["sig" if features is None else "feats"])
+    dataset.set_output_keys(OUTPUT_KEYS + [key])
 
 
 def check_labels(dataset: DynamicItemDataset, label_set: LabelSet, name: str) -> None:
@@ -140,18 +174,31 @@ def dataio_prep(hparams: dict, label_set: LabelSet, vocab: CharVocabulary) -> di
     """Builds the train / valid / test datasets of a recipe.
 
     Reads from hparams: ``train_annotation``, ``valid_annotation``, ``test_annotation``,
-    ``data_folder``, ``max_len`` (seconds or null), ``sorting`` (random | ascending |
-    descending), ``features`` (null: waveforms; or a `FeatureSource`).
+    ``data_folder``, ``max_len`` (seconds or null), ``sorting`` (`SORTINGS`), ``features``
+    (null: waveforms; or a `FeatureSource`), ``encoder_cache`` (null, or the
+    `EncoderCache` that feeds training and validation; the test set reads waveforms).
 
-    Returns: ``{"train", "valid", "test"}`` datasets (train sorted by duration unless random).
+    Returns: ``{"train", "valid", "test"}`` datasets: train sorted by duration with
+    ``sorting`` ascending / descending (else in manifest order: `train_loader_options`
+    makes the batches); valid and test sorted by duration, longest first.
     """
+    if hparams["sorting"] not in SORTINGS:
+        raise ValueError(
+            f"sorting must be one of {', '.join(SORTINGS)}, not {hparams['sorting']!r}"
+        )
     datasets = {}
     for split in ("train", "valid", "test"):
         dataset = load_dataset(hparams[f"{split}_annotation"], hparams["data_folder"])
         check_labels(dataset, label_set, hparams[f"{split}_annotation"])
         max_len = hparams["max_len"] if split == "train" else None
         add_pipelines(
-            dataset, label_set, vocab, max_len, hparams["features"], train=split == "train"
+            dataset,
+            label_set,
+            vocab,
+            max_len,
+            hparams["features"],
+            train=split == "train",
+            encoder_cache=None if split == "test" else hparams["encoder_cache"],
         )
         datasets[split] = dataset
     assert_test_is_held_out(datasets)
@@ -159,33 +206,85 @@ def dataio_prep(hparams: dict, label_set: LabelSet, vocab: CharVocabulary) -> di
         datasets["train"] = datasets["train"].filtered_sorted(
             sort_key="duration", reverse=hparams["sorting"] == "descending"
         )
-        hparams["train_dataloader_opts"]["shuffle"] = False
-    elif hparams["sorting"] != "random":
-        raise ValueError(
-            f"sorting must be random, ascending or descending, not {hparams['sorting']!r}"
-        )
+    # Evaluation in duration order: neighbours in length make batches with little padding
+    # (the encoder and heads are padding-aware, so every utterance's output and the metrics
+    # are those of any other order). Longest first, as in training: a batch that does not
+    # fit in memory fails at once, not at the end of the pass.
+    for split in ("valid", "test"):
+        datasets[split] = datasets[split].filtered_sorted(sort_key="duration", reverse=True)
     return datasets
 
 
-def train_loader_options(hparams: dict, train_data: DynamicItemDataset) -> dict:
-    """DataLoader options for training: fixed batches (``train_dataloader_opts``) or, with
-    ``dynamic_batching: True``, length-bucketed batches of at most ``max_batch_length``
-    seconds (after cropping to ``max_len``)."""
-    if not hparams["dynamic_batching"]:
-        return hparams["train_dataloader_opts"]
-    max_len = hparams["max_len"] or float("inf")
-    sampler = DynamicBatchSampler(
-        train_data,
-        max_batch_length=hparams["max_batch_length"],
-        num_buckets=hparams["num_buckets"],
-        length_func=lambda x: min(x["duration"], max_len),
-        shuffle=True,
-        batch_ordering="random",
-        seed=hparams["seed"],
+def _random_pipeline(hparams: dict) -> bool:
+    """Whether the training pipeline draws random numbers (crops, waveform augmentation of
+    features) in the loader's worker processes."""
+    features = hparams["features"]
+    return hparams["max_len"] is not None or (
+        features is not None and features.wav_augment_prob > 0
     )
-    options = {
-        k: v
-        for k, v in hparams["train_dataloader_opts"].items()
-        if k not in ("batch_size", "shuffle")
-    }
-    return {**options, "batch_sampler": sampler}
+
+
+def worker_options(hparams: dict, options: dict, device, train: bool) -> dict:
+    """DataLoader ``options`` (e.g. ``eval_dataloader_opts``) with ``pin_memory`` and
+    ``persistent_workers`` resolved from the hparams keys of those names.
+
+    ``pin_memory`` null: pinned on a CUDA device (asynchronous copies to the GPU).
+    ``persistent_workers`` null: kept between epochs with ``num_workers > 0``, except for a
+    training pipeline that draws random numbers (crops, augmentation): a persistent worker
+    continues its random-number stream across epochs, which a resumed run cannot restore,
+    while fresh workers are seeded each epoch from the checkpointed main process.
+    """
+    workers = options.get("num_workers", 0)  # DataLoader's default
+    pin = hparams["pin_memory"]
+    persistent = hparams["persistent_workers"]
+    if pin is None:
+        pin = torch.device(device).type == "cuda"
+    if persistent is None:
+        persistent = workers > 0 and not (train and _random_pipeline(hparams))
+    elif persistent and workers == 0:
+        raise ValueError("persistent_workers: True needs num_workers > 0")
+    return {**options, "pin_memory": pin, "persistent_workers": persistent}
+
+
+def eval_loader_options(hparams: dict, device="cpu") -> dict:
+    """DataLoader options for validation and test: ``eval_dataloader_opts`` and
+    `worker_options`."""
+    return worker_options(hparams, hparams["eval_dataloader_opts"], device, train=False)
+
+
+def train_loader_options(hparams: dict, train_data: DynamicItemDataset, device="cpu") -> dict:
+    """DataLoader options for training: ``train_dataloader_opts`` and `worker_options`,
+    batches by ``sorting``:
+
+    - ``grouped``: `LengthGroupedBatchSampler`, ``batch_size`` utterances of similar
+      (cropped) length per batch, from pools of ``group_pool`` batches, seeded by ``seed``;
+    - ``random``: ``batch_size`` random utterances (SpeechBrain's seeded shuffling);
+    - ``ascending`` / ``descending``: consecutive utterances of the sorted set;
+
+    or, with ``dynamic_batching: True`` (which replaces ``sorting``), length-bucketed
+    batches of at most ``max_batch_length`` seconds (after cropping to ``max_len``).
+    """
+    options = worker_options(hparams, hparams["train_dataloader_opts"], device, train=True)
+    batch_size = options.pop("batch_size")
+    options.pop("shuffle", None)
+    max_len = hparams["max_len"] or float("inf")
+    if hparams["dynamic_batching"]:
+        sampler = DynamicBatchSampler(
+            train_data,
+            max_batch_length=hparams["max_batch_length"],
+            num_buckets=hparams["num_buckets"],
+            length_func=lambda x: min(x["duration"], max_len),
+            shuffle=True,
+            batch_ordering="random",
+            seed=hparams["seed"],
+        )
+        return {**options, "batch_sampler": sampler}
+    if hparams["sorting"] == "grouped":
+        # The random crop comes after batching, in the pipeline: what a batch pads to is
+        # the cropped length.
+        lengths = [min(train_data.data[i]["duration"], max_len) for i in train_data.data_ids]
+        sampler = LengthGroupedBatchSampler(
+            lengths, batch_size, pool=hparams["group_pool"], seed=hparams["seed"]
+        )
+        return {**options, "batch_sampler": sampler}
+    return {**options, "batch_size": batch_size, "shuffle": hparams["sorting"] == "random"}

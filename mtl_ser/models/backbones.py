@@ -112,11 +112,23 @@ _TINY = dict(
     num_conv_pos_embeddings=16,
     num_conv_pos_embedding_groups=4,
 )
+# Between the two, for CPU benchmarks where compute, not data loading, must dominate
+# (benchmarks/train_epoch.py): ~3.7 M parameters, the base architecture's shape.
+_SMALL = dict(
+    hidden_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=1024,
+    conv_dim=(128,) * 7,
+    num_conv_pos_embeddings=64,
+    num_conv_pos_embedding_groups=16,
+)
 # ``random:<name>`` -> (model_type, config arguments). "tiny" models have ~0.2 M parameters
 # and 20 ms frames like the real ones (2 CPU cores); "base" ones are the base architectures
 # (transformers' defaults) without download.
 RANDOM_PRESETS = {
     "tiny": ("wav2vec2", _TINY),
+    "small": ("wav2vec2", _SMALL),
     "base": ("wav2vec2", {}),
     "wav2vec2-tiny": ("wav2vec2", _TINY),
     "wav2vec2-base": ("wav2vec2", {}),

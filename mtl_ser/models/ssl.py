@@ -195,26 +195,49 @@ class SSLEncoder(nn.Module):
         finally:
             self._frame_mask, self._collected = None, None
 
-    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> EncoderOutput:
-        """Encodes a padded batch.
+    def conv_features(
+        self, wavs: torch.Tensor, wav_lens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The convolutional feature encoder's output (waveforms normalised first when the
+        checkpoint does).
 
-        Args:
-            wavs: ``[B, S]`` float waveforms at 16 kHz, zero-padded.
-            wav_lens: ``[B]`` relative lengths in (0, 1] (SpeechBrain convention).
+        Args: wavs ``[B, S]`` float waveforms at 16 kHz, zero-padded; wav_lens ``[B]``
+        relative lengths in (0, 1] (SpeechBrain convention).
 
-        Returns: `EncoderOutput`: ``hidden`` ``[B, T, D]`` (the last hidden state),
-        ``lengths`` ``[B]`` true frame counts, ``layers`` ``num_layers`` x ``[B, T, D]``.
+        Returns: (features ``[B, T, C]``, true frame counts ``[B]``).
         """
         lengths = torch.round(wav_lens * wavs.shape[1]).long()
         if self.normalize_waveform:
             wavs = normalize_per_utterance(wavs, lengths)
+        if self.padding_aware:
+            features = self._padding_aware_features(wavs, lengths)
+            frames = self.output_lengths(lengths).clamp(max=features.shape[1])
+        else:  # the released code: every frame of the padded batch counts
+            features = self.model.feature_extractor(wavs).transpose(1, 2)
+            frames = torch.full_like(lengths, features.shape[1])
+        return features, frames
+
+    def forward(
+        self, inputs: torch.Tensor, input_lens: torch.Tensor, from_features: bool = False
+    ) -> EncoderOutput:
+        """Encodes a padded batch.
+
+        Args:
+            inputs: ``[B, S]`` float waveforms at 16 kHz, zero-padded; or, with
+                ``from_features``, the `conv_features` of such waveforms ``[B, T, C]``
+                (e.g. read from the encoder cache: the rest of the encoder runs on them).
+            input_lens: ``[B]`` relative lengths in (0, 1] (SpeechBrain convention) of
+                the samples, or of the frames with ``from_features``.
+
+        Returns: `EncoderOutput`: ``hidden`` ``[B, T, D]`` (the last hidden state),
+        ``lengths`` ``[B]`` true frame counts, ``layers`` ``num_layers`` x ``[B, T, D]``.
+        """
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
-            if self.padding_aware:
-                features = self._padding_aware_features(wavs, lengths)
-                frames = self.output_lengths(lengths).clamp(max=features.shape[1])
-            else:  # the released code: every frame of the padded batch counts
-                features = self.model.feature_extractor(wavs).transpose(1, 2)
-                frames = torch.full_like(lengths, features.shape[1])
+            if from_features:
+                features = inputs
+                frames = torch.round(input_lens * inputs.shape[1]).long()
+            else:
+                features, frames = self.conv_features(inputs, input_lens)
             mask = lengths_to_mask(frames, features.shape[1])
             projected = self.model.feature_projection(features)
             if isinstance(projected, tuple):  # (hidden, normalised features) except HuBERT

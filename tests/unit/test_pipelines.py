@@ -63,6 +63,9 @@ def test_dynamic_batches_respect_the_seconds_budget(prepared, demo_corpus):
         "num_buckets": 4,
         "seed": 1,
         "train_dataloader_opts": {"batch_size": 8, "shuffle": True, "num_workers": 0},
+        "pin_memory": None,
+        "persistent_workers": None,
+        "features": None,
     }
     options = train_loader_options(hparams, data)
     assert "batch_size" not in options and "shuffle" not in options
