@@ -215,23 +215,32 @@ def lock_run_folder(output_folder: str | Path) -> RunLock | None:
 
 
 def run_recipe_main(main, argv: list[str]) -> int:
-    """Runs a recipe's ``main(argv)``; a configuration problem, a busy run folder or a
-    pretrained model that cannot be found is a message on stderr and exit status 2 (no
-    traceback); a diverged training or unusable checkpoints exit status 1.
+    """Runs a recipe's ``main(argv)``; a configuration problem, a busy run folder, a
+    pretrained model that cannot be found or an unusable manifest is a message on stderr
+    and exit status 2 (no traceback); a diverged training, unusable checkpoints, a batch too
+    large for memory or a cache problem exit status 1.
 
     Returns: the exit status.
     """
-    from mtl_ser.brain import NonFiniteLossError
+    from mtl_ser.brain import NonFiniteLossError, OutOfMemoryBatchError
     from mtl_ser.checkpoints import CheckpointLoadError, DamagedCheckpointError
+    from mtl_ser.data.encoder_cache import EncoderCacheError
+    from mtl_ser.data.manifest import ManifestError
     from mtl_ser.models.backbones import ModelNotFoundError
 
     program = Path(sys.argv[0]).name
     try:
         main(argv)
-    except (ConfigError, RunLockedError, ModelNotFoundError) as err:
+    except (ConfigError, RunLockedError, ModelNotFoundError, ManifestError) as err:
         print(f"{program}: error: {err}", file=sys.stderr)
         return 2
-    except (NonFiniteLossError, DamagedCheckpointError, CheckpointLoadError) as err:
+    except (
+        NonFiniteLossError,
+        DamagedCheckpointError,
+        CheckpointLoadError,
+        OutOfMemoryBatchError,
+        EncoderCacheError,
+    ) as err:
         print(f"{program}: error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -96,6 +96,7 @@ RULES: dict[str, Rule] = {
     "batch_size": integer(1),
     "eval_batch_size": integer(1),
     "max_len": optional(number(0.0, low_open=True)),
+    "eval_order": choice("duration", "manifest"),
     "sorting": choice(*SORTINGS),
     "group_pool": integer(1),
     "pin_memory": optional(boolean),

@@ -172,6 +172,11 @@ def _long_enough(duration) -> bool:
     return duration is not None and duration >= MIN_DURATION - 1e-9
 
 
+class ManifestError(ValueError):
+    """A manifest a recipe cannot train or test on (labels outside the set, test utterances
+    in training, clips too short); the message names the manifest and the utterances."""
+
+
 def check_min_duration(records: dict[str, dict], where: str = "manifest") -> None:
     """Refuses utterances too short for the encoders (fewer than MIN_SAMPLES samples at
     16 kHz, i.e. MIN_DURATION s: wav2vec2's first convolution and the CNN's STFT window).
@@ -184,7 +189,7 @@ def check_min_duration(records: dict[str, dict], where: str = "manifest") -> Non
         where: names the manifest in the message.
 
     Raises:
-        ValueError naming every such utterance (the first 10) and the minimum.
+        ManifestError (a ValueError) naming every such utterance (the first 10) and the minimum.
     """
     short = [
         f"{utt_id} ({record.get('duration')} s)"
@@ -193,7 +198,7 @@ def check_min_duration(records: dict[str, dict], where: str = "manifest") -> Non
     ]
     if short:
         more = f" ... (+{len(short) - 10} more)" if len(short) > 10 else ""
-        raise ValueError(
+        raise ManifestError(
             f"{where}: {len(short)} utterance(s) shorter than the encoders' minimum of "
             f"{MIN_DURATION * 1000:g} ms ({MIN_SAMPLES} samples at {SAMPLE_RATE} Hz): "
             + ", ".join(short[:10])

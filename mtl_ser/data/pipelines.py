@@ -36,7 +36,7 @@ from mtl_ser.data.audio import SAMPLE_RATE, load_audio
 from mtl_ser.data.encoder_cache import EncoderCache
 from mtl_ser.data.feature_cache import FeatureSource
 from mtl_ser.data.labels import LabelSet
-from mtl_ser.data.manifest import load_manifest
+from mtl_ser.data.manifest import ManifestError, check_min_duration, load_manifest
 from mtl_ser.data.sampler import LengthGroupedBatchSampler
 from mtl_ser.data.text import CharVocabulary
 
@@ -51,6 +51,7 @@ OUTPUT_KEYS = [
     "duration",
 ]
 SORTINGS = ("grouped", "random", "ascending", "descending")
+EVAL_ORDERS = ("duration", "manifest")
 
 
 def load_dataset(annotation: str | Path, data_folder: str | Path) -> DynamicItemDataset:
@@ -153,7 +154,7 @@ def check_labels(dataset: DynamicItemDataset, label_set: LabelSet, name: str) ->
         if data["emo"] not in label_set.classes
     ]
     if bad:
-        raise ValueError(
+        raise ManifestError(
             f"{name}: {len(bad)} label(s) outside {list(label_set.classes)}: {bad[:5]}"
         )
 
@@ -165,7 +166,7 @@ def assert_test_is_held_out(datasets: dict[str, DynamicItemDataset]) -> None:
     for name in ("train", "valid"):
         shared = test & set(datasets[name].data)
         if shared:
-            raise ValueError(
+            raise ManifestError(
                 f"{len(shared)} test utterance(s) also in {name}: {sorted(shared)[:5]}"
             )
 
@@ -180,7 +181,8 @@ def dataio_prep(hparams: dict, label_set: LabelSet, vocab: CharVocabulary) -> di
 
     Returns: ``{"train", "valid", "test"}`` datasets: train sorted by duration with
     ``sorting`` ascending / descending (else in manifest order: `train_loader_options`
-    makes the batches); valid and test sorted by duration, longest first.
+    makes the batches); valid and test sorted by duration, longest first (``eval_order:
+    duration``) or in manifest order (``manifest``).
     """
     if hparams["sorting"] not in SORTINGS:
         raise ValueError(
@@ -190,6 +192,7 @@ def dataio_prep(hparams: dict, label_set: LabelSet, vocab: CharVocabulary) -> di
     for split in ("train", "valid", "test"):
         dataset = load_dataset(hparams[f"{split}_annotation"], hparams["data_folder"])
         check_labels(dataset, label_set, hparams[f"{split}_annotation"])
+        check_min_duration(dataset.data, hparams[f"{split}_annotation"])
         max_len = hparams["max_len"] if split == "train" else None
         add_pipelines(
             dataset,
@@ -210,8 +213,11 @@ def dataio_prep(hparams: dict, label_set: LabelSet, vocab: CharVocabulary) -> di
     # (the encoder and heads are padding-aware, so every utterance's output and the metrics
     # are those of any other order). Longest first, as in training: a batch that does not
     # fit in memory fails at once, not at the end of the pass.
-    for split in ("valid", "test"):
-        datasets[split] = datasets[split].filtered_sorted(sort_key="duration", reverse=True)
+    if hparams["eval_order"] not in EVAL_ORDERS:
+        raise ValueError(f"eval_order must be one of {EVAL_ORDERS}, not {hparams['eval_order']!r}")
+    if hparams["eval_order"] == "duration":
+        for split in ("valid", "test"):
+            datasets[split] = datasets[split].filtered_sorted(sort_key="duration", reverse=True)
     return datasets
 
 
