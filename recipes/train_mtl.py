@@ -77,10 +77,12 @@ def main(argv):
     brain.evaluate(datasets["test"], test_loader_kwargs=eval_loader_options(hparams, brain.device))
     if sb.utils.distributed.if_main_process():
         results = brain.results
-        wer = "n/a" if results["wer"] is None else f"{results['wer']:.3f}"
+        wer, cer = (
+            "n/a" if results[key] is None else f"{results[key]:.3f}" for key in ("wer", "cer")
+        )
         print(
             f"test ({results['num_utterances']} utterances): WA {results['wa']:.2%}  "
-            f"UA {results['ua']:.2%}  macro-F1 {results['macro_f1']:.2%}  WER {wer}\n"
+            f"UA {results['ua']:.2%}  macro-F1 {results['macro_f1']:.2%}  WER {wer}  CER {cer}\n"
             f"results in {hparams['output_folder']}/results.json"
         )
     end_distributed()
