@@ -282,3 +282,58 @@ def actor_fold_split(records: list[dict], fold: int, folds: int, protocol: str) 
         f"valid = {', '.join(sorted(valid))}; speaker-independent"
     )
     return Split(splits, protocol, fold, folds, True, description)
+
+
+def choose_label_set(sets: dict[str, LabelSet], name: str) -> LabelSet:
+    """The label set called ``name`` among a corpus's ``sets``; ValueError naming the choices."""
+    if name not in sets:
+        raise ValueError(f"label set {name!r} is not one of {sorted(sets)}")
+    return sets[name]
+
+
+def prepare_actor_folds(
+    output_folder: str | Path,
+    options: dict,
+    label_set: LabelSet,
+    scan: Callable[[], Scan],
+    data_root: Path,
+    files: list[Path],
+    fold: int,
+    folds: int,
+    on_error: str = "fail",
+    verbose: bool = True,
+) -> dict[str, Path]:
+    """`prepare_corpus` for a corpus split into speaker folds by `actor_fold_split`.
+
+    Args:
+        options: the corpus's own options (at least ``corpus`` and ``protocol``); the data
+            folder, the fingerprint of ``files`` and the fold are added.
+        data_root: the corpus folder (``{data_root}`` in wav paths).
+        files: every file whose listing decides the content (fingerprinted).
+        fold, folds: which of ``folds`` speaker folds tests.
+        output_folder, label_set, scan, on_error, verbose: as in `prepare_corpus`.
+
+    Returns: ``{"train": Path, "valid": Path, "test": Path}``.
+    """
+    fold, folds = int(fold), int(folds)
+    options = {
+        **options,
+        "data_folder": str(data_root.resolve()),
+        "files_sha1": listing_fingerprint(files, data_root),
+        "fold": fold,
+        "folds": folds,
+    }
+
+    def split(records: list[dict]) -> Split:
+        return actor_fold_split(records, fold, folds, options["protocol"])
+
+    return prepare_corpus(
+        output_folder,
+        options,
+        label_set,
+        scan,
+        split,
+        data_root=data_root,
+        on_error=on_error,
+        verbose=verbose,
+    )

@@ -20,13 +20,7 @@ import csv
 import re
 from pathlib import Path
 
-from mtl_ser.data.corpora.base import (
-    Scan,
-    Split,
-    actor_fold_split,
-    listing_fingerprint,
-    prepare_corpus,
-)
+from mtl_ser.data.corpora.base import Scan, choose_label_set, prepare_actor_folds
 from mtl_ser.data.labels import IEMOCAP_CLASSES, LabelSet
 
 NAME = "crema-d"
@@ -186,32 +180,20 @@ def prepare_crema_d(
     Returns: ``{"train": Path, "valid": Path, "test": Path}``.
     """
     root = Path(data_folder)
-    sets = label_sets()
-    if label_set not in sets:
-        raise ValueError(f"label set {label_set!r} is not one of {sorted(sets)}")
+    labels = choose_label_set(label_sets(), label_set)
     files = list(_audio_folder(root).glob("*.wav"))
     if (root / DEMOGRAPHICS_FILE).is_file():
         files.append(root / DEMOGRAPHICS_FILE)
-    options = {
-        "corpus": NAME,
-        "data_folder": str(root.resolve()),
-        "files_sha1": listing_fingerprint(files, root),
-        "protocol": PROTOCOL,
-        "fold": int(fold),
-        "folds": int(folds),
-        "label_set": label_set,
-    }
-
-    def split(records: list[dict]) -> Split:
-        return actor_fold_split(records, int(fold), int(folds), PROTOCOL)
-
-    return prepare_corpus(
+    options = {"corpus": NAME, "protocol": PROTOCOL, "label_set": label_set}
+    return prepare_actor_folds(
         output_folder,
         options,
-        sets[label_set],
+        labels,
         lambda: scan_crema_d(root),
-        split,
-        data_root=root,
+        root,
+        files,
+        fold,
+        folds,
         on_error=on_error,
         verbose=verbose,
     )

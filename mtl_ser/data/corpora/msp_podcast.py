@@ -20,7 +20,7 @@ import hashlib
 from collections import Counter
 from pathlib import Path
 
-from mtl_ser.data.corpora.base import Scan, Split, prepare_corpus
+from mtl_ser.data.corpora.base import Scan, Split, choose_label_set, prepare_corpus
 from mtl_ser.data.labels import IEMOCAP_CLASSES, LabelSet
 from mtl_ser.data.manifest import speaker_overlap
 
@@ -174,9 +174,7 @@ def prepare_msp_podcast(
     Returns: ``{"train": Path, "valid": Path, "test": Path}``.
     """
     root = Path(data_folder)
-    sets = label_sets()
-    if label_set not in sets:
-        raise ValueError(f"label set {label_set!r} is not one of {sorted(sets)}")
+    labels = choose_label_set(label_sets(), label_set)
     if test_set not in TEST_SETS:
         raise ValueError(f"test set {test_set!r} is not one of {list(TEST_SETS)}")
     labels_path = _labels_path(root)
@@ -216,7 +214,7 @@ def prepare_msp_podcast(
     return prepare_corpus(
         output_folder,
         options,
-        sets[label_set],
+        labels,
         lambda: scan_msp_podcast(root, test_set),
         split,
         data_root=root,

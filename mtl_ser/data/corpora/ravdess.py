@@ -20,13 +20,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mtl_ser.data.corpora.base import (
-    Scan,
-    Split,
-    actor_fold_split,
-    listing_fingerprint,
-    prepare_corpus,
-)
+from mtl_ser.data.corpora.base import Scan, choose_label_set, prepare_actor_folds
 from mtl_ser.data.labels import IEMOCAP_CLASSES, LabelSet
 
 NAME = "ravdess"
@@ -194,33 +188,20 @@ def prepare_ravdess(
     Returns: ``{"train": Path, "valid": Path, "test": Path}``.
     """
     root = Path(data_folder)
-    sets = label_sets()
-    if label_set not in sets:
-        raise ValueError(f"label set {label_set!r} is not one of {sorted(sets)}")
+    labels = choose_label_set(label_sets(), label_set)
     if songs not in SONG_POLICIES:
         raise ValueError(f"songs must be one of {SONG_POLICIES}, got {songs!r}")
     files = [p for folder in _actor_folders(root) for p in folder.glob("*.wav")]
-    options = {
-        "corpus": NAME,
-        "data_folder": str(root.resolve()),
-        "files_sha1": listing_fingerprint(files, root),
-        "protocol": PROTOCOL,
-        "fold": int(fold),
-        "folds": int(folds),
-        "label_set": label_set,
-        "songs": songs,
-    }
-
-    def split(records: list[dict]) -> Split:
-        return actor_fold_split(records, int(fold), int(folds), PROTOCOL)
-
-    return prepare_corpus(
+    options = {"corpus": NAME, "protocol": PROTOCOL, "label_set": label_set, "songs": songs}
+    return prepare_actor_folds(
         output_folder,
         options,
-        sets[label_set],
+        labels,
         lambda: scan_ravdess(root, songs),
-        split,
-        data_root=root,
+        root,
+        files,
+        fold,
+        folds,
         on_error=on_error,
         verbose=verbose,
     )
