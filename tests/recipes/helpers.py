@@ -42,3 +42,41 @@ def read_json(path: Path):
 
 def epoch_log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "epoch_log.jsonl").read_text().splitlines()]
+
+
+def tiny_mtl_brain(tmp_path: Path, *overrides: str, adjust=None):
+    """The tiny multi-task `EmotionBrain` (hparams/mtl.yaml + tiny.yaml) on the CPU, without a
+    checkpointer, for the four IEMOCAP classes, one step per epoch, optimisers initialised.
+
+    Args:
+        tmp_path: data and output folder (nothing is read from it).
+        overrides: further ``--key=value`` arguments.
+        adjust: called with the loaded hparams before the Brain is built (e.g. to swap the
+            optimiser classes).
+    """
+    from hyperpyyaml import load_hyperpyyaml
+
+    from mtl_ser.brain import EmotionBrain
+    from mtl_ser.data.text import CharVocabulary
+    from mtl_ser.experiment import parse_arguments
+
+    argv = [str(ROOT / "hparams/mtl.yaml"), TINY, f"--data_folder={tmp_path}"]
+    argv += [f"--output_folder={tmp_path}", *overrides]
+    hparams_file, _, yaml_overrides = parse_arguments(argv)
+    with open(hparams_file) as f:
+        hparams = load_hyperpyyaml(f, yaml_overrides)
+    hparams["emotion_head"].set_num_classes(4)
+    if adjust is not None:
+        adjust(hparams)
+    brain = EmotionBrain(
+        modules=hparams["modules"],
+        hparams=hparams,
+        run_opts={"device": "cpu"},
+        checkpointer=None,
+        labels=("neu", "hap", "ang", "sad"),
+        vocab=CharVocabulary(),
+        identity={},
+    )
+    brain.batches_per_epoch = brain.steps_per_epoch = 1
+    brain.init_optimizers()
+    return brain

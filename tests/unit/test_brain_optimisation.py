@@ -2,37 +2,30 @@
 
 import pytest
 import torch
-from hyperpyyaml import load_hyperpyyaml
 
 from mtl_ser.brain import EmotionBrain
-from mtl_ser.data.text import CharVocabulary
-from mtl_ser.experiment import parse_arguments
-from tests.recipes.helpers import ROOT, TINY
+from tests.recipes.helpers import tiny_mtl_brain
 
 
-def sgd_brain(tmp_path, clip: str) -> EmotionBrain:
+def sgd_brain(tmp_path, clip: str):
     """The tiny multi-task Brain with plain SGD at learning rate 1 and no warm-up, so an
     optimiser step moves each parameter by exactly its (clipped) gradient."""
-    argv = [str(ROOT / "hparams/mtl.yaml"), TINY, f"--data_folder={tmp_path}"]
-    argv += [f"--output_folder={tmp_path}", f"--grad_clip={clip}", "--max_grad_norm=1.0"]
-    argv += ["--lr_encoder=1.0", "--lr_heads=1.0", "--warmup_fraction=0.0", "--head_dropout=0.0"]
-    hparams_file, _, overrides = parse_arguments(argv)
-    with open(hparams_file) as f:
-        hparams = load_hyperpyyaml(f, overrides)
-    hparams["emotion_head"].set_num_classes(4)
-    hparams["encoder_opt_class"] = hparams["heads_opt_class"] = lambda p: torch.optim.SGD(p, lr=1.0)
-    brain = EmotionBrain(
-        modules=hparams["modules"],
-        hparams=hparams,
-        run_opts={"device": "cpu"},
-        checkpointer=None,
-        labels=("neu", "hap", "ang", "sad"),
-        vocab=CharVocabulary(),
-        identity={},
+
+    def plain_sgd(hparams):
+        hparams["encoder_opt_class"] = hparams["heads_opt_class"] = lambda p: torch.optim.SGD(
+            p, lr=1.0
+        )
+
+    return tiny_mtl_brain(
+        tmp_path,
+        f"--grad_clip={clip}",
+        "--max_grad_norm=1.0",
+        "--lr_encoder=1.0",
+        "--lr_heads=1.0",
+        "--warmup_fraction=0.0",
+        "--head_dropout=0.0",
+        adjust=plain_sgd,
     )
-    brain.steps_per_epoch = 1
-    brain.init_optimizers()
-    return brain
 
 
 def step_norms(brain: EmotionBrain) -> dict[str, float]:

@@ -12,13 +12,11 @@ import resource
 import pytest
 import speechbrain as sb
 import torch
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.batch import PaddedBatch, PaddedData
 
-from mtl_ser.brain import EmotionBrain, OutOfMemoryBatchError
+from mtl_ser.brain import OutOfMemoryBatchError
 from mtl_ser.data.text import CharVocabulary
-from mtl_ser.experiment import parse_arguments
-from tests.recipes.helpers import ROOT, TINY
+from tests.recipes.helpers import tiny_mtl_brain
 
 
 @contextlib.contextmanager
@@ -35,27 +33,6 @@ def address_space_capped(extra_bytes: int):
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-
-
-def tiny_brain(tmp_path) -> EmotionBrain:
-    argv = [str(ROOT / "hparams/mtl.yaml"), TINY, f"--data_folder={tmp_path}"]
-    argv += [f"--output_folder={tmp_path}"]
-    hparams_file, _, overrides = parse_arguments(argv)
-    with open(hparams_file) as f:
-        hparams = load_hyperpyyaml(f, overrides)
-    hparams["emotion_head"].set_num_classes(4)
-    brain = EmotionBrain(
-        modules=hparams["modules"],
-        hparams=hparams,
-        run_opts={"device": "cpu"},
-        checkpointer=None,
-        labels=("neu", "hap", "ang", "sad"),
-        vocab=CharVocabulary(),
-        identity={},
-    )
-    brain.batches_per_epoch = brain.steps_per_epoch = 1
-    brain.init_optimizers()
-    return brain
 
 
 def huge_batch() -> PaddedBatch:
@@ -80,7 +57,7 @@ def huge_batch() -> PaddedBatch:
 
 
 def test_running_out_of_memory_names_the_batch_and_what_helps(tmp_path):
-    brain = tiny_brain(tmp_path)
+    brain = tiny_mtl_brain(tmp_path)
     brain.step = 1
     with address_space_capped(8 * 2**30), pytest.raises(OutOfMemoryBatchError) as caught:
         brain.fit_batch(huge_batch())
@@ -100,7 +77,7 @@ def test_running_out_of_memory_names_the_batch_and_what_helps(tmp_path):
 
 
 def test_other_errors_pass_unchanged(tmp_path):
-    brain = tiny_brain(tmp_path)
+    brain = tiny_mtl_brain(tmp_path)
     brain.step = 1
     batch = huge_batch()
     batch.sig = PaddedData(torch.zeros(2, 8000, 3), torch.ones(2))  # a wrong shape
