@@ -18,10 +18,14 @@ from pathlib import Path
 from hyperpyyaml.core import resolve_references
 from ruamel.yaml import YAML
 
+from mtl_ser.brain import GRAD_CLIPS
+from mtl_ser.checkpoints import CHECKPOINT_SELECTIONS
 from mtl_ser.data.encoder_cache import cache_kind
 from mtl_ser.data.feature_cache import DTYPES
-from mtl_ser.data.pipelines import SORTINGS
+from mtl_ser.data.pipelines import EVAL_ORDERS, SORTINGS
 from mtl_ser.data.protocols import PROTOCOL_FOLDS
+from mtl_ser.models.heads import POOLINGS
+from mtl_ser.models.objective import CTC_REDUCTIONS
 
 
 class ConfigError(ValueError):
@@ -96,7 +100,7 @@ RULES: dict[str, Rule] = {
     "batch_size": integer(1),
     "eval_batch_size": integer(1),
     "max_len": optional(number(0.0, low_open=True)),
-    "eval_order": choice("duration", "manifest"),
+    "eval_order": choice(*EVAL_ORDERS),
     "sorting": choice(*SORTINGS),
     "group_pool": integer(1),
     "pin_memory": optional(boolean),
@@ -109,26 +113,26 @@ RULES: dict[str, Rule] = {
     "num_workers": integer(0),
     "number_of_epochs": integer(1),
     "early_stop_patience": optional(integer(1)),
-    "checkpoint_selection": choice("best_valid", "last"),
+    "checkpoint_selection": choice(*CHECKPOINT_SELECTIONS),
     "lr_encoder": number(0.0, low_open=True),
     "lr_heads": number(0.0, low_open=True),
     "warmup_fraction": number(0.0, 1.0),
     "lr_decay": boolean,
     "weight_decay": number(0.0),
     "grad_accumulation_factor": integer(1),
-    "grad_clip": choice("global", "per_optimizer"),
+    "grad_clip": choice(*GRAD_CLIPS),
     "max_grad_norm": number(0.0, low_open=True),
     "nonfinite_patience": integer(1),
     "precision": choice("fp32", "bf16", "fp16"),
     "augment_prob": number(0.0, 1.0, high_open=False),
-    "ctc_reduction": choice("sum", "length_mean", "token_mean"),
+    "ctc_reduction": choice(*CTC_REDUCTIONS),
     "ctc_sum_utterances": integer(1),
     "ctc_zero_infinity": boolean,
     "head_dropout": number(0.0, 1.0),
     "mask_time_prob": number(0.0, 1.0),
     "freeze_encoder": boolean,
     "freeze_feature_encoder": boolean,
-    "pooling": choice("mean", "attentive"),
+    "pooling": choice(*POOLINGS),
     "layerdrop": optional(number(0.0, 1.0)),
     "padding_aware": boolean,
     "gradient_checkpointing": boolean,
