@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -175,6 +176,90 @@ def test_run_killed_mid_training_resumes_to_the_uninterrupted_result(
     for key in ("wa", "ua", "wer", "cer", "confusion_matrix", "best_epoch", "valid_ua"):
         assert resumed[key] == uninterrupted[key], key
     assert (out / "predictions.csv").read_text() == (reference / "predictions.csv").read_text()
+
+
+# The default loaders (two persistent worker processes) with random training crops drawn in
+# the workers, and accumulation windows of 2 batches with a checkpoint requested every 3
+# batches: each request falls inside a window and is saved at the window's end.
+DEFAULT_LOADERS = (
+    "--number_of_epochs=2",
+    "--num_workers=2",
+    "--max_len=1.5",
+    "--grad_accumulation_factor=2",
+    "--ckpt_interval_steps=3",
+)
+TIMINGS = ("train_seconds", "valid_seconds")
+
+
+def intra_epoch_checkpoint_of_epoch(save: Path, epoch: int) -> bool:
+    """Whether save/ holds a complete checkpoint taken inside epoch ``epoch``."""
+    for folder in save.glob("CKPT*"):
+        try:
+            meta = (folder / "CKPT.yaml").read_text()
+            counter = json.loads((folder / "counter.ckpt").read_text())
+        except (OSError, ValueError):
+            continue
+        if (folder / "COMPLETE").is_file() and "brain_intra_epoch_ckpt" in meta:
+            if counter["current"] == epoch:
+                return True
+    return False
+
+
+def test_run_killed_inside_an_epoch_with_worker_processes_resumes_exactly(demo_corpus, tmp_path):
+    """kill -9 of the training process after a checkpoint taken inside epoch 2, with the
+    default loader settings (persistent workers drawing random crops) and gradient
+    accumulation; the re-run's epoch log equals the uninterrupted run's in every entry and
+    key (losses, optimiser steps, skips, learning rates, validation metrics; not the
+    seconds), and so do the test results."""
+    reference = tmp_path / "uninterrupted"
+    run_recipe("train_mtl.py", "mtl.yaml", demo_corpus, reference, *DEFAULT_LOADERS)
+    out = tmp_path / "run"
+    command = recipe_command("train_mtl.py", "mtl.yaml", demo_corpus, out, *DEFAULT_LOADERS)
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while not intra_epoch_checkpoint_of_epoch(out / "save", 2) and time.time() < deadline:
+        time.sleep(0.02)
+    # The recipe's own process (and its loader workers, in its process group).
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "results.json").exists(), "the run ended before the kill"
+    assert [e["epoch"] for e in epoch_log(out)] == [1]
+
+    done = run_recipe("train_mtl.py", "mtl.yaml", demo_corpus, out, *DEFAULT_LOADERS)
+    logged = done.stdout + done.stderr
+    assert "Going into epoch 1\n" not in logged and "Going into epoch 2" in logged
+    resumed, uninterrupted = epoch_log(out), epoch_log(reference)
+    assert [e["epoch"] for e in resumed] == [1, 2]
+    for got, want in zip(resumed, uninterrupted, strict=True):
+        assert set(got) == set(want)
+        for key in set(want) - set(TIMINGS):
+            assert got[key] == want[key], (got["epoch"], key)
+        assert all(got[key] > 0 for key in TIMINGS)
+    assert uninterrupted[1]["optimizer_steps"] == uninterrupted[1]["batches"] // 2
+    assert read_json(out / "results.json") == read_json(reference / "results.json")
+    assert (out / "predictions.csv").read_text() == (reference / "predictions.csv").read_text()
+
+
+def test_a_finished_run_is_not_extended_at_learning_rate_zero(mtl_run, demo_corpus):
+    """A finished 2-epoch run re-run with 3 epochs: its learning-rate schedule ended at 0, so
+    the third epoch would not train; refused with one line naming number_of_epochs, nothing
+    trained, the results kept."""
+    out, _ = mtl_run
+    before = read_json(out / "results.json")
+    command = recipe_command("train_mtl.py", "mtl.yaml", demo_corpus, out, "--number_of_epochs=3")
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("train_mtl.py: error:") and "number_of_epochs" in last, last
+    assert "Going into epoch" not in done.stdout + done.stderr
+    assert read_json(out / "results.json") == before
 
 
 def test_early_stopped_run_is_not_trained_again(demo_corpus, tmp_path):
