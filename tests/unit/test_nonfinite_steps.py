@@ -92,6 +92,13 @@ def test_a_skipped_batch_leaves_the_mean_over_the_batches_applied(tmp_path):
         torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)
 
 
+def test_a_window_of_skipped_batches_takes_no_step_and_keeps_the_schedule(tmp_path):
+    brain = sgd_brain(tmp_path, window=1)
+    train(brain, batch(1, nan=True))
+    assert brain.nonfinite_batches == 1 and brain.optimizer_step == 0
+    assert all(s.current_step == 0 for s in brain.schedulers.values())
+
+
 def infinite_gradient(brain):
     """Makes one encoder parameter's gradient infinite in every backward pass (the loss
     stays finite); returns the hook's handle."""
