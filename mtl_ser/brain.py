@@ -37,11 +37,13 @@ A run folder's learning-rate schedule is planned for its number of epochs: resum
 with another number of optimiser steps (e.g. a larger ``number_of_epochs``) is refused.
 
 Speed: batches move to the device asynchronously (from pinned memory when the loaders pin),
-loss sums stay on the device until a stage ends, and the one host synchronisation per
-training batch is the finiteness check. With ``encoder_cache`` (a frozen encoder or feature
-encoder, mtl_ser/data/encoder_cache.py) the cache is filled before the first epoch and
-training and validation batches carry its entries instead of waveforms. A batch that runs
-out of memory stops the run with an `OutOfMemoryBatchError` naming its utterances.
+evaluation loss sums stay on the device until a stage ends, and the one host
+synchronisation per training batch is the finiteness check, which fetches the batch's losses
+with it (for the epoch sums and the progress bar's running mean); an optimiser step adds
+one, the gradient check (GradScaler makes one per step as well). With ``encoder_cache`` (a
+frozen encoder or feature encoder, mtl_ser/data/encoder_cache.py) the cache is filled before
+the first epoch and training and validation batches carry its entries instead of waveforms.
+A batch that runs out of memory stops the run with an `OutOfMemoryBatchError` naming its utterances.
 """
 
 from __future__ import annotations
