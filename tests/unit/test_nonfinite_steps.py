@@ -161,3 +161,28 @@ def test_the_progress_bar_shows_the_running_mean_of_each_loss(tmp_path):
     assert shown == (
         f"{sum(totals) / 2:.4f} (emotion {sum(emotions) / 2:.4f}, CTC {sum(ctcs) / 2:.4f})"
     )
+
+
+def _skipped_window_end_rank(rank: int, folder: str) -> None:
+    """One of two gloo processes: a window of 2 whose last batch (NaN in every process)
+    is skipped, so no backward pass of the window all-reduced; saves the parameters."""
+    from pathlib import Path
+
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2
+    )
+    brain = sgd_brain(Path(folder) / f"rank{rank}", window=2)
+    brain.distributed_launch = True  # the modules stay unwrapped: as under no_sync
+    train(brain, batch(1 + rank), batch(9, nan=True))
+    assert brain.nonfinite_batches == 1 and brain.optimizer_step == 1
+    torch.save(parameters(brain), f"{folder}/params{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_a_window_ending_in_a_skipped_batch_still_averages_the_processes(tmp_path):
+    """Under DDP the window's last batch carries the gradient all-reduce; when it is
+    skipped, the processes' gradients are averaged before the step, so they stay equal."""
+    torch.multiprocessing.spawn(_skipped_window_end_rank, args=(str(tmp_path),), nprocs=2)
+    ranks = [torch.load(tmp_path / f"params{r}.pt") for r in (0, 1)]
+    for key in ranks[0]:
+        torch.testing.assert_close(ranks[0][key], ranks[1][key], rtol=1e-5, atol=1e-7)
