@@ -149,9 +149,10 @@ def add_pipelines(
             epoch (`ItemSeeds`); None: from the process's generators.
     """
 
-    # The draws of one utterance: seeded for it alone, or the process's streams.
-    def drawing(wav):
-        return contextlib.nullcontext() if item_seeds is None else item_seeds.drawing(wav)
+    # The draws of one utterance (by id: a moved corpus crops alike): seeded for it alone,
+    # or the process's streams.
+    def drawing(utt):
+        return contextlib.nullcontext() if item_seeds is None else item_seeds.drawing(utt)
 
     if encoder_cache is not None:
         key = "cached"
@@ -165,22 +166,22 @@ def add_pipelines(
         key = "sig"
         max_samples = None if max_len is None else int(max_len * SAMPLE_RATE)
 
-        @sb.utils.data_pipeline.takes("wav")
+        @sb.utils.data_pipeline.takes("id", "wav")
         @sb.utils.data_pipeline.provides("sig", "cropped")
-        def encoder_input(wav):
+        def encoder_input(utt, wav):
             audio = load_audio(wav)
-            with drawing(wav):
+            with drawing(utt):
                 return random_crop(audio, max_samples)
 
     else:
         key = "feats"
         max_frames = None if max_len is None else int(max_len * features.frames_per_second)
 
-        @sb.utils.data_pipeline.takes("wav")
+        @sb.utils.data_pipeline.takes("id", "wav")
         @sb.utils.data_pipeline.provides("feats", "cropped")
-        def encoder_input(wav):
+        def encoder_input(utt, wav):
             # Cropped after the features: the cache holds whole utterances.
-            with drawing(wav):
+            with drawing(utt):
                 return random_crop(features(wav, train=train), max_frames)
 
     @sb.utils.data_pipeline.takes("emo")
