@@ -20,14 +20,30 @@ Optimisation differs from ``sb.Brain`` where SpeechBrain 1.1 changes the science
   Hugging Face Trainer of the released Cai et al. code) or per optimiser over all its
   parameter groups (``per_optimizer``; SpeechBrain clips only the first group);
 - a batch whose loss is not finite is skipped (no backward) with a warning and counted in
-  the epoch log; ``nonfinite_patience`` consecutive ones stop training with an error.
+  the epoch log; ``nonfinite_patience`` consecutive ones stop training with an error. The
+  window's gradient is the mean over the batches actually applied (renormalised by
+  window size / batches applied);
+- a step whose gradients are not finite after unscaling (fp16's GradScaler overflowing, or
+  a finite loss with an infinite gradient) is skipped: no parameter moves, it is not
+  counted in ``optimizer_step`` and the schedules do not advance; it is counted in the
+  epoch log (``train_nonfinite_steps``), and ``nonfinite_patience`` consecutive ones stop
+  training with an error.
+
+Resume: every checkpoint holds the random generators (of every DDP process), the epoch
+counter and, inside an epoch, the epoch's loss sums, step counts and elapsed seconds;
+checkpoints inside an epoch are saved only at the end of an accumulation window (no
+gradient is pending), so a run killed anywhere continues as the uninterrupted run would.
+A run folder's learning-rate schedule is planned for its number of epochs: resuming it
+with another number of optimiser steps (e.g. a larger ``number_of_epochs``) is refused.
 
 Speed: batches move to the device asynchronously (from pinned memory when the loaders pin),
-loss sums stay on the device until a stage ends, and the one host synchronisation per
-training batch is the finiteness check. With ``encoder_cache`` (a frozen encoder or feature
-encoder, mtl_ser/data/encoder_cache.py) the cache is filled before the first epoch and
-training and validation batches carry its entries instead of waveforms. A batch that runs
-out of memory stops the run with an `OutOfMemoryBatchError` naming its utterances.
+evaluation loss sums stay on the device until a stage ends, and the one host
+synchronisation per training batch is the finiteness check, which fetches the batch's losses
+with it (for the epoch sums and the progress bar's running mean); an optimiser step adds
+one, the gradient check (GradScaler makes one per step as well). With ``encoder_cache`` (a
+frozen encoder or feature encoder, mtl_ser/data/encoder_cache.py) the cache is filled before
+the first epoch and training and validation batches carry its entries instead of waveforms.
+A batch that runs out of memory stops the run with an `OutOfMemoryBatchError` naming its utterances.
 """
 
 from __future__ import annotations
@@ -36,6 +52,8 @@ import contextlib
 import json
 import logging
 import math
+import sys
+import time
 from dataclasses import dataclass
 
 import speechbrain as sb
@@ -44,13 +62,24 @@ import torch.nn.functional as F
 from speechbrain.dataio.dataloader import LoopedLoader
 from speechbrain.decoders.ctc import ctc_greedy_decode
 from speechbrain.nnet.schedulers import LinearWarmupScheduler
+from speechbrain.utils.checkpoints import (
+    mark_as_loader,
+    mark_as_saver,
+    register_checkpoint_hooks,
+)
 from speechbrain.utils.distributed import if_main_process
 from torch.utils.data import DataLoader
 
-from mtl_ser.checkpoints import RandomStates, has_valid_metrics, selection_key
+from mtl_ser.checkpoints import (
+    CheckpointLoadError,
+    RandomStates,
+    has_valid_metrics,
+    selection_key,
+)
 from mtl_ser.data.text import CharVocabulary
 from mtl_ser.export import write_model_spec
 from mtl_ser.models.objective import Losses, MultiTaskObjective
+from mtl_ser.progress import is_terminal
 from mtl_ser.results import PredictionLog, write_run_outputs
 
 logger = logging.getLogger(__name__)
@@ -60,7 +89,8 @@ GRAD_CLIPS = ("global", "per_optimizer")
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training diverged: too many consecutive batches with a NaN / infinite loss."""
+    """Training diverged: too many consecutive batches with a NaN / infinite loss, or
+    optimiser steps with non-finite gradients."""
 
 
 class OutOfMemoryBatchError(RuntimeError):
@@ -154,9 +184,12 @@ class EmotionBrain(sb.Brain):
             del self.modules["ctc_head"]
             if self.checkpointer is not None:
                 self.checkpointer.recoverables.pop("ctc_head", None)
+        self.random_states = RandomStates()
         if self.checkpointer is not None:
-            # Resume continues with the random numbers the uninterrupted run would draw.
-            self.checkpointer.add_recoverable("random_states", RandomStates())
+            # Resume continues with the random numbers the uninterrupted run would draw,
+            # and an epoch resumed inside continues its statistics.
+            self.checkpointer.add_recoverable("random_states", self.random_states)
+            self.checkpointer.add_recoverable("epoch_progress", EpochProgress(self))
         self.encoder_cache = self.hparams.encoder_cache
         if self.encoder_cache is not None:
             # Planned on the bare encoder (before any DDP wrapping), with the heads that
@@ -169,8 +202,15 @@ class EmotionBrain(sb.Brain):
         self.steps_per_epoch = None
         self.test_done = False
         self.tested_checkpoint = None
-        self._window_has_gradients = False
-        self._consecutive_nonfinite = 0
+        self._window_applied = 0  # batches of the current window with a backward pass
+        self._window_synced = True  # its last backward pass all-reduced (DDP)
+        self._stage = None
+        self._consecutive_nonfinite = 0  # batches with a non-finite loss in a row
+        self._consecutive_bad_steps = 0  # steps with non-finite gradients in a row
+        self._resumed_epoch: dict | None = None  # an intra-epoch checkpoint's statistics
+        self._item_seeds = None  # the training set's per-utterance draws (or None)
+        self._epoch_lines = False  # one summary line per epoch instead of progress bars
+        self.stage_seconds: dict = {}
         if if_main_process():  # how to rebuild the model offline (mtl-ser export / predict)
             write_model_spec(self.hparams.output_folder, self.modules, self.labels, vocab)
 
@@ -242,31 +282,52 @@ class EmotionBrain(sb.Brain):
         ids = ctc_greedy_decode(outputs.ctc_log_probs, rel, blank_id=self.vocab.blank_index)
         return [self.vocab.decode(seq) for seq in ids]
 
-    def _add_to_sums(self, losses: Losses) -> None:
-        """Adds a batch's losses to the stage sums, kept on the device (no host sync)."""
-        self.loss_sums["loss"] += losses.total.detach().float()
-        self.loss_sums["loss_emo"] += losses.emo.detach().float()
+    @staticmethod
+    def _loss_parts(losses: Losses) -> dict[str, torch.Tensor]:
+        """A batch's losses by stage-sum key ("loss", "loss_emo", and "loss_ctc" with a CTC
+        head): detached float32 0-dim tensors."""
+        parts = {"loss": losses.total.detach().float(), "loss_emo": losses.emo.detach().float()}
         if losses.ctc is not None:
-            self.loss_sums["loss_ctc"] += losses.ctc.detach().float()
+            parts["loss_ctc"] = losses.ctc.detach().float()
+        return parts
+
+    def _add_to_sums(self, parts: dict) -> None:
+        """Adds a batch's losses (`_loss_parts`: device tensors, no host sync; in training
+        the host floats `_finite_values` fetched) to the stage sums."""
+        for key, value in parts.items():
+            self.loss_sums[key] += value
         self.loss_batches += 1
 
     # ---------------------------------------------------------------------------- training
-    def fit(self, epoch_counter, train_set, valid_set=None, **kwargs):
+    def fit(self, epoch_counter, train_set, valid_set=None, progressbar=None, **kwargs):
         """`sb.Brain.fit`, after counting the batches and optimiser steps per epoch for the
-        accumulation windows and the schedule."""
+        accumulation windows and the schedule. Progress bars are drawn on a terminal only;
+        elsewhere (a log file) one line per epoch is written instead."""
         # The encoder cache (if any) is filled for these in on_fit_start.
         self._cache_datasets = [
             s.dataset if isinstance(s, DataLoader) else s
             for s in (train_set, valid_set)
             if s is not None
         ]
+        # The per-utterance draws of training crops (`dataio_prep` attaches them).
+        self._item_seeds = getattr(self._cache_datasets[0], "item_seeds", None)
         if not isinstance(train_set, DataLoader | LoopedLoader):
             train_set = self.make_dataloader(
                 train_set, stage=sb.Stage.TRAIN, **kwargs.pop("train_loader_kwargs", {})
             )
         self.batches_per_epoch = len(train_set)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.grad_accumulation_factor)
-        super().fit(epoch_counter, train_set, valid_set, **kwargs)
+        wanted = not self.noprogressbar if progressbar is None else progressbar
+        bars = wanted and is_terminal(sys.stderr)  # tqdm writes to stderr
+        self._epoch_lines = wanted and not bars
+        super().fit(epoch_counter, train_set, valid_set, progressbar=bars, **kwargs)
+
+    def evaluate(self, test_set, max_key=None, min_key=None, progressbar=None, **kwargs):
+        """`sb.Brain.evaluate`, with a progress bar on a terminal only."""
+        wanted = not self.noprogressbar if progressbar is None else progressbar
+        return super().evaluate(
+            test_set, max_key, min_key, progressbar=wanted and is_terminal(sys.stderr), **kwargs
+        )
 
     def _train_loader_specifics(self, dataset, loader_kwargs):
         loader_kwargs = super()._train_loader_specifics(dataset, loader_kwargs)
@@ -277,9 +338,16 @@ class EmotionBrain(sb.Brain):
         return loader_kwargs
 
     def on_fit_start(self):
-        """SpeechBrain's (optimisers, resume), then the encoder cache is filled (on the
-        main process, the others wait) unless training is already over."""
+        """SpeechBrain's (optimisers, resume), then the resumed schedule is checked against
+        this run's plan, and the encoder cache is filled (on the main process, the others
+        wait) unless training is already over.
+
+        Raises CheckpointLoadError when the run folder's schedule was planned for another
+        number of optimiser steps (e.g. a finished run re-run with a larger
+        ``number_of_epochs``: its restored schedule would train the extra epochs at
+        learning rate 0)."""
         super().on_fit_start()
+        self._check_resumed_schedule()
         if self.encoder_cache is not None and not self.hparams.epoch_counter.finished:
             sb.utils.distributed.run_on_main(
                 self.encoder_cache.fill,
@@ -289,6 +357,27 @@ class EmotionBrain(sb.Brain):
                     "device": self.device,
                     "progress": not self.noprogressbar,
                 },
+            )
+
+    def _check_resumed_schedule(self) -> None:
+        """Refuses a resumed schedule whose total steps differ from this run's plan. The
+        choice: refuse rather than re-plan, since a schedule re-planned mid-run (warm-up and
+        decay stretched from wherever the old one stood) is a third schedule that neither
+        the old nor the new setting describes, and its results could not be reproduced from
+        the setting alone."""
+        planned = self.steps_per_epoch * self.hparams.number_of_epochs
+        for scheduler in self.schedulers.values():
+            if scheduler.num_training_steps == planned:
+                continue
+            saved_epochs = scheduler.num_training_steps / self.steps_per_epoch
+            raise CheckpointLoadError(
+                f"{self.checkpointer.checkpoints_dir} holds a run whose learning-rate schedule "
+                f"was planned for {scheduler.num_training_steps} optimiser steps (about "
+                f"{saved_epochs:g} epochs of {self.steps_per_epoch}), but this run plans "
+                f"{planned} (number_of_epochs {self.hparams.number_of_epochs}): resuming it "
+                "would train the extra steps at learning rate 0 (or end its decay early). "
+                f"Keep --number_of_epochs={saved_epochs:g} (and the batch settings) to "
+                "resume, or train into a new --output_folder"
             )
 
     def accumulation_window(self, batch_index: int) -> tuple[int, int]:
@@ -313,39 +402,47 @@ class EmotionBrain(sb.Brain):
                 outputs = self.compute_forward(batch, sb.Stage.TRAIN)
                 loss = self.compute_objectives(outputs, batch, sb.Stage.TRAIN)
             # One host synchronisation per batch, as GradScaler makes per step: whether to
-            # apply this batch must be known here (and agreed by every DDP process).
-            if self._all_finite(loss):
+            # apply this batch (agreed by every DDP process) and its losses for the sums.
+            finite, values = self._finite_values(self.batch_losses)
+            if finite:
                 self._consecutive_nonfinite = 0
-                self._add_to_sums(self.batch_losses)
+                self._add_to_sums(values)
                 self.scaler.scale(loss / window_size).backward()
-                self._window_has_gradients = True
+                self._window_applied += 1
+                self._window_synced = should_step
             else:
-                self._skip_nonfinite(batch)
+                self._skip_nonfinite(batch, values)
+        stepped = False
         if should_step:
-            if self._window_has_gradients:
-                self.optimizers_step()
+            if self._window_applied:
+                # The mean over the batches applied, not over the window's size.
+                stepped = self.optimizers_step(renormalise=window_size / self._window_applied)
             else:  # every batch of the window was skipped: nothing to apply
                 self.zero_grad(set_to_none=True)
-            self._window_has_gradients = False
-        self.on_fit_batch_end(batch, outputs, loss, should_step)
+            self._window_applied = 0
+        self.on_fit_batch_end(batch, outputs, loss, stepped)
         return loss.detach()
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        """Whether the loss is finite in every process (all-reduced under DDP)."""
-        finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+    def _finite_values(self, losses: Losses) -> tuple[bool, dict[str, float]]:
+        """Whether a training batch's loss is finite in every process (all-reduced under
+        DDP), and its losses as host floats (`_loss_parts` keys), fetched together: the
+        batch's one host synchronisation."""
+        parts = self._loss_parts(losses)
+        values = torch.stack(list(parts.values()))
+        finite = torch.isfinite(values[:1]).to(values.dtype)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-        return bool(finite.item())
+        fetched = torch.cat([finite, values]).tolist()
+        return bool(fetched[0]), dict(zip(parts, fetched[1:], strict=True))
 
-    def _skip_nonfinite(self, batch) -> None:
-        """Skips a batch with a non-finite loss; raises NonFiniteLossError after
-        ``nonfinite_patience`` consecutive ones."""
+    def _skip_nonfinite(self, batch, values: dict[str, float]) -> None:
+        """Skips a batch with a non-finite loss (``values``: its `_finite_values`); raises
+        NonFiniteLossError after ``nonfinite_patience`` consecutive ones."""
         self.nonfinite_batches += 1
         self._consecutive_nonfinite += 1
-        losses = self.batch_losses
-        parts = f"emotion {float(losses.emo.detach()):.4g}"
-        if losses.ctc is not None:
-            parts += f", CTC {float(losses.ctc.detach()):.4g}"
+        parts = f"emotion {values['loss_emo']:.4g}"
+        if "loss_ctc" in values:
+            parts += f", CTC {values['loss_ctc']:.4g}"
         ids = ", ".join(list(batch.id)[:4])
         if self._consecutive_nonfinite >= self.nonfinite_patience:
             raise NonFiniteLossError(
@@ -364,26 +461,85 @@ class EmotionBrain(sb.Brain):
             self.nonfinite_patience,
         )
 
-    def optimizers_step(self):
-        """Unscales, clips (globally or per optimiser, over every parameter group), steps
-        every optimiser and clears the gradients."""
+    def optimizers_step(self, renormalise: float = 1.0) -> bool:
+        """Unscales and renormalises the gradients, checks them, clips (globally or per
+        optimiser, over every parameter group), steps every optimiser and clears the
+        gradients.
+
+        Args:
+            renormalise: factor on every gradient (window size / batches applied, so the
+                step applies the mean over the batches that were not skipped).
+
+        Returns: whether the step was applied. A non-finite gradient (fp16's GradScaler
+        overflowing, or a finite loss whose gradient is not) skips it: no parameter moves,
+        ``optimizer_step`` stays, the schedules do not advance (`on_fit_batch_end`) and the
+        epoch counts it; ``nonfinite_patience`` such steps in a row raise NonFiniteLossError.
+        """
         optimizers = self.freeze_optimizers(self.optimizers_dict)
+        if self.distributed_launch and not self._window_synced:
+            # The window's last batch was skipped: its applied batches ran backward without
+            # DDP's all-reduce (no_sync), so the processes' gradients are averaged here.
+            self._average_gradients()
         for optimizer in optimizers.values():
             self.scaler.unscale_(optimizer)
         groups = [
             [p for group in optimizer.param_groups for p in group["params"]]
             for optimizer in optimizers.values()
         ]
+        if renormalise != 1.0:
+            for params in groups:
+                for p in params:
+                    if p.grad is not None:
+                        p.grad.mul_(renormalise)
         if self.hparams.grad_clip == "global":
             groups = [[p for params in groups for p in params]]
-        for params in groups:
-            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
-        for optimizer in optimizers.values():
-            self.scaler.step(optimizer)
+        device = torch.device(self.device)
+        norms = [torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm) for params in groups]
+        # A non-finite total norm is a non-finite gradient (the step's one host sync;
+        # GradScaler makes one per step as well).
+        finite = bool(torch.isfinite(torch.stack([n.to(device) for n in norms])).all())
+        if finite:
+            for optimizer in optimizers.values():
+                self.scaler.step(optimizer)
+        # After an overflow in fp16 this lowers the scale (unscale_ recorded the infinities).
         self.scaler.update()
         for optimizer in optimizers.values():
             optimizer.zero_grad(set_to_none=True)
-        self.optimizer_step += 1
+        if finite:
+            self.optimizer_step += 1
+            self._consecutive_bad_steps = 0
+        else:
+            self._skip_nonfinite_step()
+        return finite
+
+    def _average_gradients(self) -> None:
+        """Averages every gradient over the DDP processes (what DDP's backward does)."""
+        world = torch.distributed.get_world_size()
+        for module in self.modules.values():
+            for p in module.parameters():
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad.div_(world)
+
+    def _skip_nonfinite_step(self) -> None:
+        """Counts an optimiser step skipped for a non-finite gradient; raises
+        NonFiniteLossError after ``nonfinite_patience`` consecutive ones."""
+        self.nonfinite_steps += 1
+        self._consecutive_bad_steps += 1
+        if self._consecutive_bad_steps >= self.nonfinite_patience:
+            raise NonFiniteLossError(
+                f"{self._consecutive_bad_steps} consecutive optimiser steps had a non-finite "
+                "gradient (each skipped): training diverged. Lower lr_encoder / lr_heads (now "
+                f"{self.hparams.lr_encoder} / {self.hparams.lr_heads}), use fp32 or bf16 if "
+                "training in fp16, or raise --nonfinite_patience"
+            )
+        logger.warning(
+            "skipping an optimiser step with a non-finite gradient (%s): %d in a row, "
+            "training stops at %d",
+            "fp16 overflow" if self.scaler.is_enabled() else "finite loss",
+            self._consecutive_bad_steps,
+            self.nonfinite_patience,
+        )
 
     def init_optimizers(self):
         """Two optimisers (encoder, heads) with their own learning rates, each with linear
@@ -423,9 +579,39 @@ class EmotionBrain(sb.Brain):
             raise ValueError("nothing to train: every parameter is frozen")
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        """Advances the schedules after an applied optimiser step (``should_step``: whether
+        `fit_batch` applied one; a skipped step does not count)."""
         if should_step:
             for name, scheduler in self.schedulers.items():
                 scheduler(self.optimizers_dict[name])
+
+    def _should_save_intra_epoch_ckpt(self, last_ckpt_time, steps_since_ckpt):
+        """SpeechBrain's interval, at the end of an accumulation window only: a checkpoint
+        taken inside one would lose the window's gradients (the next window end saves)."""
+        if self.step != self.accumulation_window(self.step)[0]:
+            return False
+        return super()._should_save_intra_epoch_ckpt(last_ckpt_time, steps_since_ckpt)
+
+    def _save_intra_epoch_ckpt(self):
+        self.random_states.gather()  # every DDP process's generators (a collective)
+        super()._save_intra_epoch_ckpt()
+
+    def epoch_progress(self) -> dict:
+        """The training epoch's statistics so far (what a checkpoint saved inside an epoch
+        restores): loss sums, batch and skip counts, the epoch's first optimiser step and
+        its seconds; {} outside training."""
+        if self._stage != sb.Stage.TRAIN:
+            return {}
+        return {
+            "loss_sums": {k: float(v) for k, v in self.loss_sums.items()},
+            "loss_batches": self.loss_batches,
+            "nonfinite_batches": self.nonfinite_batches,
+            "nonfinite_steps": self.nonfinite_steps,
+            "stage_start_step": self.stage_start_step,
+            "consecutive_nonfinite": self._consecutive_nonfinite,
+            "consecutive_bad_steps": self._consecutive_bad_steps,
+            "seconds": self._stage_elapsed(),
+        }
 
     # -------------------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -433,7 +619,7 @@ class EmotionBrain(sb.Brain):
         with self._naming_out_of_memory(batch, stage), self.evaluation_ctx:
             outputs = self.compute_forward(batch, stage=stage)
             loss = self.compute_objectives(outputs, batch, stage=stage)
-        self._add_to_sums(self.batch_losses)
+        self._add_to_sums(self._loss_parts(self.batch_losses))
         return loss.detach()
 
     @contextlib.contextmanager
@@ -451,8 +637,17 @@ class EmotionBrain(sb.Brain):
             ) from err
 
     def update_average(self, loss, avg_loss):
-        """SpeechBrain's running average, skipped: the stage sums are kept on the device."""
-        return avg_loss
+        """What SpeechBrain's progress bar shows as ``train_loss``: in training the running
+        mean of the epoch's total loss and its emotion / CTC parts, from the host sums each
+        batch's one synchronisation fills; outside training SpeechBrain's average is
+        skipped (those sums stay on the device)."""
+        if self._stage != sb.Stage.TRAIN or not self.loss_batches:
+            return avg_loss
+        mean = {k: v / self.loss_batches for k, v in self.loss_sums.items()}
+        parts = f"emotion {mean['loss_emo']:.4f}"
+        if self.objective.ctc_enabled:
+            parts += f", CTC {mean['loss_ctc']:.4f}"
+        return f"{mean['loss']:.4f} ({parts})"
 
     def on_evaluate_start(self, max_key=None, min_key=None):
         """Loads the checkpoint chosen by ``checkpoint_selection`` (keys passed by callers
@@ -471,14 +666,44 @@ class EmotionBrain(sb.Brain):
 
     # ------------------------------------------------------------------------------ stages
     def on_stage_start(self, stage, epoch=None):
-        zero = torch.zeros((), device=self.device)
-        self.loss_sums = {"loss": zero.clone(), "loss_emo": zero.clone(), "loss_ctc": zero.clone()}
+        """Empty stage sums (host floats in training, device tensors otherwise); a training
+        epoch resumed from a checkpoint inside it continues that checkpoint's statistics."""
+        self._stage = stage
+        self._stage_start_time = time.monotonic()
+        self._stage_resumed_seconds = 0.0
+        if stage == sb.Stage.TRAIN:
+            self.loss_sums = dict.fromkeys(("loss", "loss_emo", "loss_ctc"), 0.0)
+        else:
+            zero = torch.zeros((), device=self.device)
+            self.loss_sums = {k: zero.clone() for k in ("loss", "loss_emo", "loss_ctc")}
         self.loss_batches = 0
         self.nonfinite_batches = 0
+        self.nonfinite_steps = 0
         self.stage_start_step = self.optimizer_step
         self.predictions = PredictionLog(self.labels)
+        if stage == sb.Stage.TRAIN:
+            if self._item_seeds is not None:
+                self._item_seeds.set_epoch(epoch)  # before the loader's workers draw
+            if self._resumed_epoch:
+                self._continue_epoch(self._resumed_epoch)
+            self._resumed_epoch = None
         if stage == sb.Stage.TEST:
             self.test_done = True
+
+    def _continue_epoch(self, saved: dict) -> None:
+        """Restores the statistics `epoch_progress` saved inside this epoch."""
+        self.loss_sums.update(saved["loss_sums"])
+        self.loss_batches = saved["loss_batches"]
+        self.nonfinite_batches = saved["nonfinite_batches"]
+        self.nonfinite_steps = saved["nonfinite_steps"]
+        self.stage_start_step = saved["stage_start_step"]
+        self._consecutive_nonfinite = saved["consecutive_nonfinite"]
+        self._consecutive_bad_steps = saved["consecutive_bad_steps"]
+        self._stage_resumed_seconds = saved["seconds"]
+
+    def _stage_elapsed(self) -> float:
+        """Seconds of the current stage (including those before a resume inside it)."""
+        return self._stage_resumed_seconds + time.monotonic() - self._stage_start_time
 
     def _stage_losses(self) -> dict:
         n = max(self.loss_batches, 1)
@@ -489,8 +714,15 @@ class EmotionBrain(sb.Brain):
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         losses = self._stage_losses()
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.synchronize(self.device)  # the stage's queued work belongs to its time
+        self.stage_seconds[stage] = self._stage_elapsed()
         if stage == sb.Stage.TRAIN:
-            self.train_stats = {**losses, "nonfinite_batches": self.nonfinite_batches}
+            self.train_stats = {
+                **losses,
+                "nonfinite_batches": self.nonfinite_batches,
+                "nonfinite_steps": self.nonfinite_steps,
+            }
             self.epoch_steps = self.optimizer_step - self.stage_start_step
             return
         metrics = self.predictions.metrics()
@@ -528,9 +760,17 @@ class EmotionBrain(sb.Brain):
         entry.update({f"train_{k}": v for k, v in self.train_stats.items()})
         entry.update({f"valid_{k.lower()}": v for k, v in valid_stats.items()})
         entry.update({"best_epoch": counter.best_epoch, "stopped_early": counter.should_stop})
+        seconds = {
+            "train_seconds": round(self.stage_seconds[sb.Stage.TRAIN], 3),
+            "valid_seconds": round(self.stage_seconds[sb.Stage.VALID], 3),
+        }
+        entry.update(seconds)
         if if_main_process():
             with open(f"{self.hparams.output_folder}/{EPOCH_LOG}", "a") as f:
                 f.write(json.dumps(entry) + "\n")
+            if self._epoch_lines:
+                print(_epoch_line(entry), file=sys.stderr, flush=True)
+        self.random_states.gather()  # every DDP process's generators (a collective)
         self.checkpointer.save_and_keep_only(
             meta={"UA": valid_stats["UA"], "WA": valid_stats["WA"], "epoch": epoch},
             importance_keys=[selection_key(self.hparams.checkpoint_selection)],
@@ -584,6 +824,46 @@ class WarmupScheduler(LinearWarmupScheduler):
         if not self.decay and current_step >= self.num_warmup_steps:
             return self.lr0
         return super().calculate_lr(current_step)
+
+
+@register_checkpoint_hooks
+class EpochProgress:
+    """A recoverable of `EmotionBrain`'s training-epoch statistics (`epoch_progress`): a
+    checkpoint saved inside an epoch restores them, so the resumed epoch's log covers every
+    batch and step of the epoch; an end-of-epoch checkpoint starts the next epoch afresh.
+
+    Under DDP the main process saves its own sums (the ones the epoch log reports); every
+    process restores them, and the counts agree across processes.
+    """
+
+    def __init__(self, brain: EmotionBrain):
+        self.brain = brain
+
+    @mark_as_saver
+    def _save(self, path):
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.brain.epoch_progress(), f)
+
+    @mark_as_loader
+    def _recover(self, path, end_of_epoch=True):
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+        self.brain._resumed_epoch = None if end_of_epoch else saved
+
+
+def _epoch_line(entry: dict) -> str:
+    """One line of an epoch-log entry, for logs that get no progress bars."""
+    train = f"loss {entry['train_loss']:.4f} (emotion {entry['train_loss_emo']:.4f}"
+    if entry["train_loss_ctc"] is not None:
+        train += f", CTC {entry['train_loss_ctc']:.4f}"
+    valid = f"UA {entry['valid_ua']:.2%}"
+    if entry["valid_cer"] is not None:
+        valid += f", CER {entry['valid_cer']:.3f}"
+    return (
+        f"epoch {entry['epoch']}: train {entry['batches']} batches in "
+        f"{entry['train_seconds']:.1f} s, {train}); valid in {entry['valid_seconds']:.1f} s, "
+        f"{valid}"
+    )
 
 
 def _loggable(stats: dict) -> dict:

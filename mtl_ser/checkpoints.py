@@ -12,11 +12,13 @@ defaults. `CrashSafeCheckpointer` adds:
 - weights-only loading: every file is unpickled with ``weights_only=True`` (forced, even
   when ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set), so a planted pickle cannot run code;
 - a crash while an old checkpoint is deleted leaves files missing from its marker's list:
-  it is then skipped like any damaged one.
+  it is then skipped like any damaged one;
+- a checkpoint folder left without its marker by a crash (up to a model's size each) is
+  deleted as soon as the next checkpoint is complete.
 
 `RandomStates` is a recoverable holding the Python, NumPy and torch (CPU and CUDA) random
-generators: a run killed at any point and re-run resumes with the generators of its last
-checkpoint, so it continues exactly as the uninterrupted run would.
+generators of every process: a run killed at any point and re-run resumes with the
+generators of its last checkpoint, so it continues exactly as the uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import json
 import logging
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +100,18 @@ class CrashSafeCheckpointer(Checkpointer):
             tmp = checkpoint.path / f"{COMPLETE}.tmp"
             tmp.write_text(json.dumps(manifest, indent=1) + "\n")
             os.replace(tmp, checkpoint.path / COMPLETE)
+            self._delete_incomplete(keep=checkpoint.path)
         return checkpoint
+
+    def _delete_incomplete(self, keep: Path) -> None:
+        """Deletes the checkpoint folders other than ``keep`` that have no COMPLETE marker:
+        saves interrupted by a crash, never listed and so never deleted by
+        `save_and_keep_only` (one run folder is written by one run at a time: the run
+        lock)."""
+        for folder in self._list_checkpoint_dirs():
+            if folder != keep and not (folder / COMPLETE).is_file():
+                logger.info("deleting the interrupted checkpoint %s", folder)
+                shutil.rmtree(folder, ignore_errors=True)
 
     # -------------------------------------------------------------------------- listing
     def list_checkpoints(self) -> list[Checkpoint]:
@@ -261,51 +275,97 @@ def _read_manifest(marker: Path) -> dict:
     return manifest
 
 
+def _process_random_state() -> dict:
+    """This process's generators (Python, NumPy, torch CPU and CUDA) as tensors and plain
+    values (loadable with ``weights_only``)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _restore_random_state(state: dict) -> None:
+    """Sets this process's generators to a `_process_random_state`."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            np_state["kind"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 @register_checkpoint_hooks
 class RandomStates:
-    """The process's random generators (Python, NumPy, torch CPU and CUDA) as a recoverable.
+    """The random generators (Python, NumPy, torch CPU and CUDA) of every process, as a
+    recoverable.
 
     Saved with every checkpoint and restored on recovery, after the model was built (which
     consumed random numbers), so the next epoch draws what it drew in the uninterrupted run:
-    the shuffling, crops, dropout, wav2vec2's time masks and augmentation.
-    Under DDP each process's generators are derived from its own seed; only the main
-    process's are saved (see the README).
+    the shuffling, dropout, wav2vec2's time masks and batch augmentation.
+
+    Under DDP only the main process writes checkpoints, so every process calls `gather`
+    (a collective) just before a save: the main process then writes the list of all
+    processes' states, and on recovery each process restores its own rank's. Without a
+    gather (one process) the saving process's state is written. A checkpoint of mtl-ser 0.x
+    (one state) or of a different number of processes restores what it holds and leaves the
+    other processes' generators as their seeds made them (logged).
     """
+
+    def __init__(self):
+        self._gathered: list | None = None
+
+    def gather(self) -> None:
+        """Collects every process's generators for the next save (call on every process;
+        under DDP a collective)."""
+        state = _process_random_state()
+        if _distributed():
+            states = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, state)
+            self._gathered = states
+        else:
+            self._gathered = [state]
 
     @mark_as_saver
     def _save(self, path):
-        version, internal, gauss = random.getstate()
-        kind, keys, pos, has_gauss, cached = np.random.get_state()
-        state = {
-            "python": {"version": version, "internal": list(internal), "gauss": gauss},
-            "numpy": {
-                "kind": kind,
-                "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-                "pos": int(pos),
-                "has_gauss": int(has_gauss),
-                "cached": float(cached),
-            },
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }
-        torch.save(state, path)
+        states = self._gathered if self._gathered is not None else [_process_random_state()]
+        self._gathered = None
+        torch.save({"processes": states}, path)
 
     @mark_as_loader
     def _recover(self, path, end_of_epoch=True):
         del end_of_epoch
-        state = torch.load(path, weights_only=True)
-        py = state["python"]
-        random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
-        np_state = state["numpy"]
-        np.random.set_state(
-            (
-                np_state["kind"],
-                np_state["keys"].numpy().astype(np.uint32),
-                np_state["pos"],
-                np_state["has_gauss"],
-                np_state["cached"],
+        saved = torch.load(path, weights_only=True)
+        states = saved["processes"] if "processes" in saved else [saved]
+        rank = torch.distributed.get_rank() if _distributed() else 0
+        if rank >= len(states):
+            logger.warning(
+                "the checkpoint holds the random generators of %d process(es), not of rank "
+                "%d: this process keeps the generators its seed made (resume is not exact)",
+                len(states),
+                rank,
             )
-        )
-        torch.set_rng_state(state["torch"])
-        if state["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+            return
+        _restore_random_state(states[rank])

@@ -1,7 +1,8 @@
 """Progress of long loops: a bar on a terminal, one summary line in logs.
 
 A tqdm bar written into a log file (a batch job, a sweep's run log, CI) becomes one line per
-update: thousands of lines for a corpus. So a bar is drawn only when the stream is a terminal;
+update: thousands of lines for a corpus. So a bar is drawn only when the stream is a terminal
+(`is_terminal`; the training Brain asks it too, and writes one line per epoch into logs);
 otherwise nothing is written while the loop runs and one line follows it::
 
     converting to 16 kHz mono: 1440 files in 12.3 s
@@ -50,7 +51,7 @@ class Progress:
         self.count = 0
         self._start = time.monotonic()
         self._bar = None
-        if enabled and _is_terminal(self.stream):
+        if enabled and is_terminal(self.stream):
             self._bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream)
 
     def update(self, n: int = 1) -> None:
@@ -100,7 +101,8 @@ def track(
             progress.update()
 
 
-def _is_terminal(stream) -> bool:
+def is_terminal(stream) -> bool:
+    """Whether ``stream`` is an open terminal (where progress bars belong)."""
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # closed or fake streams

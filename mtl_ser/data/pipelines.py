@@ -25,8 +25,12 @@ duration, longest first (`dataio_prep`).
 
 from __future__ import annotations
 
+import contextlib
+import random
+import zlib
 from pathlib import Path
 
+import numpy as np
 import speechbrain as sb
 import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
@@ -76,6 +80,48 @@ def random_crop(x: torch.Tensor, max_items: int | None) -> tuple[torch.Tensor, b
     return x[start : start + max_items], True
 
 
+class ItemSeeds:
+    """The random numbers of training items (crops, waveform augmentation) as a function of
+    (``seed``, epoch, utterance) only.
+
+    A worker process's generators depend on when it was started and how many items it made:
+    persistent workers continue their streams across epochs, fresh ones are seeded from the
+    main process, and a run resumed inside an epoch skips the items already used. None of
+    that can be restored exactly, so each item draws from generators seeded for it alone;
+    the crops of a run are then the same whatever ``num_workers``, ``persistent_workers`` or
+    resume point. The epoch lives in shared memory: the Brain sets it (`set_epoch`) before
+    each epoch and the workers read it.
+
+    Args:
+        seed: the run's seed.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Chooses the epoch whose draws `drawing` makes (in every worker)."""
+        self._epoch.fill_(int(epoch))
+
+    @contextlib.contextmanager
+    def drawing(self, key: str):
+        """Within this block the torch (CPU), Python and NumPy generators are seeded from
+        (seed, epoch, ``key``); the process's own streams are restored after it (in the main
+        process they are checkpointed and must not move)."""
+        item_seed = zlib.crc32(f"{self.seed}:{int(self._epoch)}:{key}".encode())
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed)
+            random.seed(item_seed)
+            np.random.seed(item_seed)
+            try:
+                yield
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+
+
 def add_pipelines(
     dataset: DynamicItemDataset,
     label_set: LabelSet,
@@ -84,6 +130,7 @@ def add_pipelines(
     features: FeatureSource | None = None,
     train: bool = False,
     encoder_cache: EncoderCache | None = None,
+    item_seeds: ItemSeeds | None = None,
 ) -> None:
     """Attaches the dynamic items described in the module docstring.
 
@@ -98,7 +145,14 @@ def add_pipelines(
         train: a training split (``features`` may then augment waveforms).
         encoder_cache: the encoder's input comes from this cache (``cached``), read
             whole (the cache refuses ``max_len``).
+        item_seeds: crops and augmentation draw from generators seeded per utterance and
+            epoch (`ItemSeeds`); None: from the process's generators.
     """
+
+    # The draws of one utterance (by id: a moved corpus crops alike): seeded for it alone,
+    # or the process's streams.
+    def drawing(utt):
+        return contextlib.nullcontext() if item_seeds is None else item_seeds.drawing(utt)
 
     if encoder_cache is not None:
         key = "cached"
@@ -112,20 +166,23 @@ def add_pipelines(
         key = "sig"
         max_samples = None if max_len is None else int(max_len * SAMPLE_RATE)
 
-        @sb.utils.data_pipeline.takes("wav")
+        @sb.utils.data_pipeline.takes("id", "wav")
         @sb.utils.data_pipeline.provides("sig", "cropped")
-        def encoder_input(wav):
-            return random_crop(load_audio(wav), max_samples)
+        def encoder_input(utt, wav):
+            audio = load_audio(wav)
+            with drawing(utt):
+                return random_crop(audio, max_samples)
 
     else:
         key = "feats"
         max_frames = None if max_len is None else int(max_len * features.frames_per_second)
 
-        @sb.utils.data_pipeline.takes("wav")
+        @sb.utils.data_pipeline.takes("id", "wav")
         @sb.utils.data_pipeline.provides("feats", "cropped")
-        def encoder_input(wav):
+        def encoder_input(utt, wav):
             # Cropped after the features: the cache holds whole utterances.
-            return random_crop(features(wav, train=train), max_frames)
+            with drawing(utt):
+                return random_crop(features(wav, train=train), max_frames)
 
     @sb.utils.data_pipeline.takes("emo")
     @sb.utils.data_pipeline.provides("emo_encoded")
@@ -189,6 +246,7 @@ def dataio_prep(hparams: dict, label_set: LabelSet, vocab: CharVocabulary) -> di
             f"sorting must be one of {', '.join(SORTINGS)}, not {hparams['sorting']!r}"
         )
     datasets = {}
+    item_seeds = ItemSeeds(hparams["seed"])
     for split in ("train", "valid", "test"):
         dataset = load_dataset(hparams[f"{split}_annotation"], hparams["data_folder"])
         check_labels(dataset, label_set, hparams[f"{split}_annotation"])
@@ -202,6 +260,7 @@ def dataio_prep(hparams: dict, label_set: LabelSet, vocab: CharVocabulary) -> di
             hparams["features"],
             train=split == "train",
             encoder_cache=None if split == "test" else hparams["encoder_cache"],
+            item_seeds=item_seeds if split == "train" else None,
         )
         datasets[split] = dataset
     assert_test_is_held_out(datasets)
@@ -209,6 +268,8 @@ def dataio_prep(hparams: dict, label_set: LabelSet, vocab: CharVocabulary) -> di
         datasets["train"] = datasets["train"].filtered_sorted(
             sort_key="duration", reverse=hparams["sorting"] == "descending"
         )
+    # The Brain sets the epoch of the training draws before each epoch.
+    datasets["train"].item_seeds = item_seeds
     # Evaluation in duration order: neighbours in length make batches with little padding
     # (the encoder and heads are padding-aware, so every utterance's output and the metrics
     # are those of any other order). Longest first, as in training: a batch that does not
@@ -221,24 +282,20 @@ def dataio_prep(hparams: dict, label_set: LabelSet, vocab: CharVocabulary) -> di
     return datasets
 
 
-def _random_pipeline(hparams: dict) -> bool:
-    """Whether the training pipeline draws random numbers (crops, waveform augmentation of
-    features) in the loader's worker processes."""
-    features = hparams["features"]
-    return hparams["max_len"] is not None or (
-        features is not None and features.wav_augment_prob > 0
-    )
-
-
-def worker_options(hparams: dict, options: dict, device, train: bool) -> dict:
+def worker_options(hparams: dict, options: dict, device) -> dict:
     """DataLoader ``options`` (e.g. ``eval_dataloader_opts``) with ``pin_memory`` and
-    ``persistent_workers`` resolved from the hparams keys of those names.
+    ``persistent_workers`` resolved from the hparams keys of those names, and a generator
+    of the loader's own.
 
     ``pin_memory`` null: pinned on a CUDA device (asynchronous copies to the GPU).
-    ``persistent_workers`` null: kept between epochs with ``num_workers > 0``, except for a
-    training pipeline that draws random numbers (crops, augmentation): a persistent worker
-    continues its random-number stream across epochs, which a resumed run cannot restore,
-    while fresh workers are seeded each epoch from the checkpointed main process.
+    ``persistent_workers`` null: kept between epochs with ``num_workers > 0`` (training
+    crops and augmentation draw per utterance and epoch, `ItemSeeds`, so a worker's history
+    does not matter).
+    ``generator``: a DataLoader draws its workers' base seed whenever it starts them; from
+    the process's generator, that draw would shift every later random number of the main
+    process (dropout, masks), and a resumed run starts its workers at another time than the
+    uninterrupted one. A loader's own generator, seeded by ``seed``, keeps the process's
+    streams untouched.
     """
     workers = options.get("num_workers", 0)  # DataLoader's default
     pin = hparams["pin_memory"]
@@ -246,16 +303,17 @@ def worker_options(hparams: dict, options: dict, device, train: bool) -> dict:
     if pin is None:
         pin = torch.device(device).type == "cuda"
     if persistent is None:
-        persistent = workers > 0 and not (train and _random_pipeline(hparams))
+        persistent = workers > 0
     elif persistent and workers == 0:
         raise ValueError("persistent_workers: True needs num_workers > 0")
-    return {**options, "pin_memory": pin, "persistent_workers": persistent}
+    generator = torch.Generator().manual_seed(int(hparams["seed"]))
+    return {**options, "pin_memory": pin, "persistent_workers": persistent, "generator": generator}
 
 
 def eval_loader_options(hparams: dict, device="cpu") -> dict:
     """DataLoader options for validation and test: ``eval_dataloader_opts`` and
     `worker_options`."""
-    return worker_options(hparams, hparams["eval_dataloader_opts"], device, train=False)
+    return worker_options(hparams, hparams["eval_dataloader_opts"], device)
 
 
 def train_loader_options(hparams: dict, train_data: DynamicItemDataset, device="cpu") -> dict:
@@ -270,7 +328,7 @@ def train_loader_options(hparams: dict, train_data: DynamicItemDataset, device="
     or, with ``dynamic_batching: True`` (which replaces ``sorting``), length-bucketed
     batches of at most ``max_batch_length`` seconds (after cropping to ``max_len``).
     """
-    options = worker_options(hparams, hparams["train_dataloader_opts"], device, train=True)
+    options = worker_options(hparams, hparams["train_dataloader_opts"], device)
     batch_size = options.pop("batch_size")
     options.pop("shuffle", None)
     max_len = hparams["max_len"] or float("inf")

@@ -39,7 +39,7 @@ class MultiTaskObjective:
               averaged over 4 accumulation steps), whatever our batch size and accumulation;
               see the README's derivation. The default.
             - ``"length_mean"``: ``mean_i(NLL_i / L_i)`` with ``L_i`` the target length
-              (PyTorch's ``reduction="mean"``; mtl-ser 0.1's only choice, ~80x smaller on
+              (PyTorch's ``reduction="mean"``; mtl-ser 0.1's only choice, ~100x smaller on
               IEMOCAP than the released scale).
             - ``"token_mean"``: ``sum_i NLL_i / sum_i L_i`` (per character of the batch).
         ctc_sum_utterances: the group size of ``"sum"``.

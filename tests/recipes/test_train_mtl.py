@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,6 +37,14 @@ RESULT_KEYS = {
     "wer_improvised",
     "cer_improvised",
 }
+
+
+TIMINGS = ("train_seconds", "valid_seconds")
+
+
+def untimed(log: list[dict]) -> list[dict]:
+    """Epoch-log entries without their wall-clock seconds (which no two runs share)."""
+    return [{k: v for k, v in entry.items() if k not in TIMINGS} for entry in log]
 
 
 def test_mtl_writes_complete_results(mtl_run):
@@ -83,7 +92,9 @@ def test_mtl_logs_each_task(mtl_run):
         assert entry["train_loss"] == pytest.approx(
             entry["train_loss_emo"] + 0.1 * entry["train_loss_ctc"], rel=1e-5
         )
-        assert entry["train_nonfinite_batches"] == 0
+        assert entry["train_nonfinite_batches"] == entry["train_nonfinite_steps"] == 0
+        # Speed without parsing progress bars: each stage's wall-clock seconds.
+        assert entry["train_seconds"] > 0 and entry["valid_seconds"] > 0
     results = read_json(out / "results.json")
     assert (results["ctc_reduction"], results["ctc_sum_utterances"]) == ("sum", 2)
     assert results["checkpoint_selection"] == "best_valid"
@@ -170,11 +181,110 @@ def test_run_killed_mid_training_resumes_to_the_uninterrupted_result(
     logged = done.stdout + done.stderr
     assert "Going into epoch 1\n" not in logged and "Going into epoch 2" in logged
     reference = mtl_run[0]
-    assert epoch_log(out)[-1] == epoch_log(reference)[-1]  # every loss and metric, exactly
+    # Every loss, count and metric of every epoch, exactly (the seconds differ).
+    assert untimed(epoch_log(out)) == untimed(epoch_log(reference))
     resumed, uninterrupted = read_json(out / "results.json"), read_json(reference / "results.json")
     for key in ("wa", "ua", "wer", "cer", "confusion_matrix", "best_epoch", "valid_ua"):
         assert resumed[key] == uninterrupted[key], key
     assert (out / "predictions.csv").read_text() == (reference / "predictions.csv").read_text()
+
+
+# The default loaders (two persistent worker processes) with random training crops drawn in
+# the workers, and accumulation windows of 2 batches with a checkpoint requested every 3
+# batches: each request falls inside a window and is saved at the window's end.
+DEFAULT_LOADERS = (
+    "--number_of_epochs=2",
+    "--num_workers=2",
+    "--max_len=1.5",
+    "--grad_accumulation_factor=2",
+    "--ckpt_interval_steps=3",
+)
+
+
+def intra_epoch_checkpoint_of_epoch(save: Path, epoch: int) -> bool:
+    """Whether save/ holds a complete checkpoint taken inside epoch ``epoch``."""
+    for folder in save.glob("CKPT*"):
+        try:
+            meta = (folder / "CKPT.yaml").read_text()
+            counter = json.loads((folder / "counter.ckpt").read_text())
+        except (OSError, ValueError):
+            continue
+        if (folder / "COMPLETE").is_file() and "brain_intra_epoch_ckpt" in meta:
+            if counter["current"] == epoch:
+                return True
+    return False
+
+
+def test_run_killed_inside_an_epoch_with_worker_processes_resumes_exactly(demo_corpus, tmp_path):
+    """kill -9 of the training process after a checkpoint taken inside epoch 2, with the
+    default loader settings (persistent workers drawing random crops) and gradient
+    accumulation; the re-run's epoch log equals the uninterrupted run's in every entry and
+    key (losses, optimiser steps, skips, learning rates, validation metrics; not the
+    seconds), and so do the test results."""
+    reference = tmp_path / "uninterrupted"
+    run_recipe("train_mtl.py", "mtl.yaml", demo_corpus, reference, *DEFAULT_LOADERS)
+    out = tmp_path / "run"
+    command = recipe_command("train_mtl.py", "mtl.yaml", demo_corpus, out, *DEFAULT_LOADERS)
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while not intra_epoch_checkpoint_of_epoch(out / "save", 2) and time.time() < deadline:
+        time.sleep(0.02)
+    # The recipe's own process (and its loader workers, in its process group).
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "results.json").exists(), "the run ended before the kill"
+    assert [e["epoch"] for e in epoch_log(out)] == [1]
+
+    done = run_recipe("train_mtl.py", "mtl.yaml", demo_corpus, out, *DEFAULT_LOADERS)
+    logged = done.stdout + done.stderr
+    assert "Going into epoch 1\n" not in logged and "Going into epoch 2" in logged
+    resumed, uninterrupted = epoch_log(out), epoch_log(reference)
+    assert [e["epoch"] for e in resumed] == [1, 2]
+    assert untimed(resumed) == untimed(uninterrupted)
+    assert all(e[key] > 0 for e in resumed for key in TIMINGS)
+    assert uninterrupted[1]["optimizer_steps"] == uninterrupted[1]["batches"] // 2
+    assert read_json(out / "results.json") == read_json(reference / "results.json")
+    assert (out / "predictions.csv").read_text() == (reference / "predictions.csv").read_text()
+
+
+def test_a_finished_run_is_not_extended_at_learning_rate_zero(mtl_run, demo_corpus):
+    """A finished 2-epoch run re-run with 3 epochs: its learning-rate schedule ended at 0, so
+    the third epoch would not train; refused with one line naming number_of_epochs, nothing
+    trained, the results kept."""
+    out, _ = mtl_run
+    before = read_json(out / "results.json")
+    command = recipe_command("train_mtl.py", "mtl.yaml", demo_corpus, out, "--number_of_epochs=3")
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("train_mtl.py: error:") and "number_of_epochs" in last, last
+    assert "Going into epoch" not in done.stdout + done.stderr
+    assert read_json(out / "results.json") == before
+
+
+def test_a_log_gets_one_line_per_epoch_instead_of_progress_bars(demo_corpus, tmp_path):
+    """Progress bars on (no --noprogressbar) but stderr is a pipe, as in a batch job's log:
+    no tqdm lines, one line per epoch with its figures."""
+    out = tmp_path / "run"
+    command = recipe_command("train_ser.py", "ser.yaml", demo_corpus, out, "--number_of_epochs=2")
+    command.remove("--noprogressbar")
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    logged = done.stdout + done.stderr
+    assert "it/s]" not in logged and "%|" not in logged
+    lines = [line for line in done.stderr.splitlines() if line.startswith("epoch ")]
+    log = epoch_log(out)
+    assert len(lines) == len(log) == 2
+    for line, entry in zip(lines, log, strict=True):
+        assert line.startswith(f"epoch {entry['epoch']}: train {entry['batches']} batches in ")
+        assert f"loss {entry['train_loss']:.4f}" in line and f"UA {entry['valid_ua']:.2%}" in line
 
 
 def test_early_stopped_run_is_not_trained_again(demo_corpus, tmp_path):

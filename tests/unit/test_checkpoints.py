@@ -154,3 +154,44 @@ def test_checkpoint_selection(tmp_path):
     assert find_selected_checkpoint(checkpointer, "last").meta["epoch"] == 4
     with pytest.raises(ValueError, match="checkpoint_selection must be one of"):
         find_selected_checkpoint(checkpointer, "best_test")
+
+
+def test_an_interrupted_checkpoint_is_deleted_when_the_next_one_completes(tmp_path):
+    """A save killed before its COMPLETE marker leaves a folder no listing shows (so
+    save_and_keep_only never deletes it): the next complete checkpoint removes it."""
+    model = torch.nn.Linear(2, 2)
+    checkpointer = CrashSafeCheckpointer(tmp_path, recoverables={"model": model})
+    kept = checkpointer.save_checkpoint(meta={"epoch": 1})
+    interrupted = checkpointer.save_checkpoint(meta={"epoch": 2})
+    (interrupted.path / COMPLETE).unlink()  # as a kill between the files and the marker
+    newest = checkpointer.save_checkpoint(meta={"epoch": 3})
+    assert not interrupted.path.exists()
+    assert kept.path.exists() and newest.path.exists()
+    assert sorted(c.meta["epoch"] for c in checkpointer.list_checkpoints()) == [1, 3]
+
+
+def _random_states_rank(rank: int, folder: str) -> None:
+    """One of two gloo processes: seeded by rank, gathers, rank 0 writes; each draws what
+    follows, scrambles its generators, recovers and draws again."""
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2
+    )
+    random.seed(rank), np.random.seed(10 + rank), torch.manual_seed(20 + rank)
+    states = RandomStates()
+    states.gather()
+    if rank == 0:
+        states._save(f"{folder}/random_states.ckpt")
+    torch.distributed.barrier()
+    expected = draws()
+    random.seed(99), np.random.seed(99), torch.manual_seed(99)  # a restarted process
+    states._recover(f"{folder}/random_states.ckpt")
+    torch.save({"expected": expected, "resumed": draws()}, f"{folder}/rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_every_ddp_process_resumes_its_own_random_draws(tmp_path):
+    torch.multiprocessing.spawn(_random_states_rank, args=(str(tmp_path),), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    for rank in ranks:
+        assert rank["resumed"] == rank["expected"]
+    assert ranks[0]["expected"] != ranks[1]["expected"]  # each resumed its own, not rank 0's

@@ -158,8 +158,8 @@ def test_default_gradient_equals_the_released_training_step():
 
 def test_reductions_differ_by_the_transcript_length():
     """Why alpha was not the paper's alpha: length_mean divides each NLL by its length, so
-    with transcripts of L characters the released scale is 2 L times larger (~110 x for
-    IEMOCAP's ~55 characters)."""
+    with transcripts of L characters the released scale is 2 L times larger (~100x for
+    IEMOCAP's ~50 characters)."""
     b = released_batch()
     b["token_lens"] = torch.full((8,), 4)
     b["tokens"] = b["tokens"].clamp(min=1)

@@ -2,9 +2,12 @@
 
 import pytest
 import torch
+from speechbrain.dataio.batch import PaddedBatch
+from torch.utils.data import DataLoader
 
 from mtl_ser.data.labels import LabelSet
 from mtl_ser.data.pipelines import (
+    ItemSeeds,
     add_pipelines,
     assert_test_is_held_out,
     load_dataset,
@@ -91,3 +94,45 @@ def test_utterance_without_text_has_a_masked_placeholder_target(prepared, demo_c
     item = data[no_text[0]]
     assert item["tokens"].tolist() == [CharVocabulary().encode(" ").item()]
     assert not bool(item["ctc_mask"])
+
+
+def test_training_crops_depend_on_seed_epoch_and_utterance_only(prepared, demo_corpus):
+    """The crops of an epoch are the same in the main process and in two persistent worker
+    processes (whose history differs), in any order; another epoch crops elsewhere; and
+    cropping leaves the main process's generators where they were (they are checkpointed)."""
+    paths, labels = prepared
+    data = load_dataset(paths["train"], demo_corpus)
+    seeds = ItemSeeds(7)
+    add_pipelines(data, labels, CharVocabulary(), 0.5, item_seeds=seeds)
+    data.set_output_keys(["id", "sig"])
+    long_ids = [k for k, r in data.data.items() if r["duration"] > 1.0][:12]
+    data = data.filtered_sorted(key_test={"id": lambda utt: utt in long_ids})
+
+    def loader(workers: int, reverse: bool = False) -> DataLoader:
+        order = list(range(len(data)))[:: -1 if reverse else 1]
+        return DataLoader(
+            data,
+            sampler=order,
+            batch_size=1,
+            collate_fn=PaddedBatch,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            generator=torch.Generator().manual_seed(0),
+        )
+
+    def crops(loader: DataLoader, epoch: int) -> dict[str, torch.Tensor]:
+        seeds.set_epoch(epoch)
+        return {b.id[0]: b.sig.data[0] for b in loader}
+
+    in_main, in_workers = loader(0), loader(2)
+    state = torch.get_rng_state()
+    main_crops = [crops(in_main, epoch) for epoch in (1, 2)]
+    assert torch.equal(torch.get_rng_state(), state), "cropping moved the process's generator"
+    worker_crops = [crops(in_workers, epoch) for epoch in (1, 2)]
+    reversed_crops = crops(loader(0, reverse=True), 2)
+    assert len(main_crops[0]) == len(long_ids)
+    for utt in long_ids:
+        for epoch in (0, 1):
+            assert torch.equal(main_crops[epoch][utt], worker_crops[epoch][utt]), (utt, epoch)
+        assert torch.equal(main_crops[1][utt], reversed_crops[utt])
+    assert any(not torch.equal(main_crops[0][u], main_crops[1][u]) for u in long_ids)

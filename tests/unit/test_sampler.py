@@ -142,11 +142,11 @@ def test_training_options_group_by_the_cropped_duration():
 
 
 @pytest.mark.parametrize(
-    ("max_len", "workers", "persistent"), [(None, 2, True), (3.0, 2, False), (None, 0, False)]
+    ("max_len", "workers", "persistent"), [(None, 2, True), (3.0, 2, True), (None, 0, False)]
 )
-def test_persistent_workers_only_where_resume_stays_exact(max_len, workers, persistent):
-    """A persistent worker keeps its random numbers across epochs, which a resumed run
-    could not restore: automatic only for loaders that draw none (no training crop)."""
+def test_persistent_workers_wherever_there_are_workers(max_len, workers, persistent):
+    """Crops draw per utterance and epoch (ItemSeeds), so a persistent worker's history does
+    not matter: automatic with any worker, cropping or not."""
     lengths = iemocap_like_durations(50, seed=5)
     dataset = DynamicItemDataset({f"u{i}": {"duration": float(d)} for i, d in enumerate(lengths)})
     hparams = {
