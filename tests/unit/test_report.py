@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from mtl_ser.cli import main
-from mtl_ser.report import aggregate, find_results, mean_std, write_report
+from mtl_ser.report import write_report
+from mtl_ser.report_rows import aggregate, find_results, mean_std
+from tests.builders import setting_record
 
 LABELS = ["neu", "hap", "ang", "sad"]
 # mtl loso alpha 0.1, folds 1..5: WA as written by each run, and (correct, total) of its
@@ -21,17 +23,27 @@ WER = [0.2, 0.3, 0.2, 0.3, 0.5]
 COUNTS = [(2, 4), (6, 10), (7, 10), (8, 10), (18, 20)]
 
 
-def confusion(correct: int, total: int) -> list[list[int]]:
+def confusion(correct: int, total: int, size: int = 4) -> list[list[int]]:
     """Every correct utterance is a neu -> neu, every error a hap -> neu."""
-    matrix = [[0] * 4 for _ in range(4)]
+    matrix = [[0] * size for _ in range(size)]
     matrix[0][0], matrix[1][0] = correct, total - correct
     return matrix
 
 
+# Keys of a run that belong to its setting (the rest are results).
+SETTING_KEYS = ("encoder", "lr_encoder", "lr_heads", "ctc_reduction", "ctc_sum_utterances")
+SETTING_KEYS += ("checkpoint_selection", "pooling", "max_len")
+
+
 def write_run(root: Path, recipe="mtl", protocol="loso", alpha=0.1, fold=1, seed=1986, **fields):
+    """A results.json of schema 2; ``fields`` named in SETTING_KEYS go into its setting too."""
     correct, total = fields.pop("counts", (1, 2))
+    values = {"recipe": recipe, "protocol": protocol, "alpha": alpha, "fold": fold, "seed": seed}
+    values |= {"encoder": "facebook/wav2vec2-base"}
+    values |= {k: v for k, v in fields.items() if k in SETTING_KEYS}
     results = {
-        "schema": 1,
+        "schema": 2,
+        "setting": setting_record(**values),
         "recipe": recipe,
         "protocol": protocol,
         "alpha": alpha,
@@ -45,7 +57,7 @@ def write_run(root: Path, recipe="mtl", protocol="loso", alpha=0.1, fold=1, seed
         "wer": 0.25 if alpha > 0 else None,
         "cer": 0.1 if alpha > 0 else None,
         "wer_improvised": 0.3 if alpha > 0 else None,
-        "confusion_matrix": confusion(correct, total),
+        "confusion_matrix": confusion(correct, total, len(fields.get("labels", LABELS))),
         "num_utterances": total,
         "best_epoch": 3,
         **fields,
@@ -156,10 +168,10 @@ def test_report_files(runs_folder, tmp_path):
     markdown = (out / "summary.md").read_text()
     assert "sample standard deviation (ddof = 1)" in markdown
     assert (
-        "| mtl | loso | 0.1 | 5 | 5/5 | 70.00 ± 15.81 | 40.00 ± 0.00 | 30.00 ± 0.00 "
+        "| mtl | loso | 0.1 | 5 | 1 | 5/5 | 70.00 ± 15.81 | 40.00 ± 0.00 | 30.00 ± 0.00 "
         "| 0.300 ± 0.122 | 0.100 ± 0.000 | 0.300 ± 0.000 | 75.93 | 50.00 | 54 |" in markdown
     )
-    assert "| mtl | loso | 0 | 3 | 3/5 (missing 4, 5) **incomplete** |" in markdown
+    assert "| mtl | loso | 0 | 3 | 1 | 3/5 (missing 4, 5) **incomplete** |" in markdown
     assert "cai2021 (speaker-overlapping)" in markdown
     assert "mtl loso alpha=0: incomplete set of folds: 3/5 (missing 4, 5)." in markdown
     assert "`../runs/mtl/loso/alpha0.1/fold5/seed1986`" in markdown
@@ -196,7 +208,7 @@ def test_runs_of_different_settings_are_separate_rows(tmp_path, change):
     markdown = (tmp_path / "report/summary.md").read_text()
     shown = next(k for k in change if change[k] is not None)
     if shown != "encoder":
-        assert "| setting |" in markdown and f"{shown}=" in markdown
+        assert "| differs in |" in markdown and f"{shown}=" in markdown
     confusions = [f for f in report["files"] if f.name.startswith("confusion_")]
     assert len(confusions) == 2  # one file each, none overwritten
 
@@ -243,6 +255,6 @@ def test_speaker_independence_comes_from_the_runs(tmp_path):
     }
     write_report([tmp_path], tmp_path / "report")
     markdown = (tmp_path / "report/summary.md").read_text()
-    assert "| mtl | csv | 0.1 | 1 | 1/1 |" in markdown
+    assert "| mtl | csv | 0.1 | 1 | 1 | 1/1 |" in markdown
     assert "| mtl | hf (speaker-overlapping) | 0.1 |" in markdown
     assert "| mtl | loso-on-ravdess_test (speakers not checked) | 0.1 |" in markdown
