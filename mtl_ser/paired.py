@@ -119,13 +119,13 @@ def _differing(a: dict, b: dict) -> set[str]:
     }
 
 
-def find_pairs(runs: list[dict]) -> list[tuple[str, dict, dict, str, list]]:
+def find_pairs(runs: list[dict]) -> list[tuple[str, dict, dict, str, list, tuple]]:
     """Pairs of settings to compare.
 
     Returns: [(protocol, first setting values, second setting values, differing key,
-    [(fold, seed)])], for settings on the same protocol and label set that differ in
-    exactly one setting key (or alpha with the learning rates) and share at least one
-    (fold, seed).
+    [(fold, seed)], (first, second) `setting_key`)], for settings on the same protocol and
+    label set that differ in exactly one setting key (or alpha with the learning rates) and
+    share at least one (fold, seed).
     """
     by_setting: dict[tuple, dict[tuple, dict]] = {}
     values: dict[tuple, dict] = {}
@@ -137,9 +137,7 @@ def find_pairs(runs: list[dict]) -> list[tuple[str, dict, dict, str, list]]:
         labels[key] = run.get("labels")
 
     def order(key):
-        v = values[key]
-        alpha = v.get("alpha", by_setting[key][next(iter(by_setting[key]))]["alpha"])
-        return (key[0], str(v.get("recipe")), float(alpha), json.dumps(v, sort_keys=True))
+        return (*key[:3], json.dumps(values[key], sort_keys=True, default=str))
 
     pairs = []
     for ka, kb in itertools.combinations(sorted(by_setting, key=order), 2):
@@ -154,7 +152,7 @@ def find_pairs(runs: list[dict]) -> list[tuple[str, dict, dict, str, list]]:
             continue
         units = sorted(set(by_setting[ka]) & set(by_setting[kb]))
         if units:
-            pairs.append((ka[0], values[ka], values[kb], field_name, units))
+            pairs.append((ka[0], values[ka], values[kb], field_name, units, (ka, kb)))
     return pairs
 
 
@@ -356,13 +354,8 @@ def compare_settings(runs: list[dict], samples: int = BOOTSTRAP_SAMPLES) -> list
     """All paired comparisons among ``runs`` (results dicts with ``path``), see the module
     docstring."""
     index = {(*setting_key(r), r["fold"], r["seed"]): r for r in runs}
-    key_of = {}
-    for r in runs:
-        key_of[json.dumps(setting_values(r), sort_keys=True)] = setting_key(r)
     comparisons = []
-    for protocol, first, second, differs_in, units in find_pairs(runs):
-        ka = key_of[json.dumps(first, sort_keys=True)]
-        kb = key_of[json.dumps(second, sort_keys=True)]
+    for protocol, first, second, differs_in, units, (ka, kb) in find_pairs(runs):
         runs_a = [index[(*ka, *u)] for u in units]
         runs_b = [index[(*kb, *u)] for u in units]
         comparison = Comparison(protocol, first, second, differs_in, units)

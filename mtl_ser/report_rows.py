@@ -154,14 +154,17 @@ def find_results(folders: list[str | Path]) -> list[dict]:
 
 # --------------------------------------------------------------------------------- settings
 def setting_values(run: dict) -> dict:
-    """A run's setting: its ``setting.values`` without fold and seed."""
-    values = run["setting"]["values"]
+    """A run's setting: its ``setting.values`` without fold and seed (recipe and alpha taken
+    from the run's identity where the values lack them)."""
+    values = {"recipe": run["recipe"], "alpha": run["alpha"], **run["setting"]["values"]}
     return {k: v for k, v in values.items() if k not in REPLICATE_KEYS}
 
 
-def setting_key(run: dict) -> tuple[str, str]:
-    """(protocol, digest of the setting): equal for the folds and seeds of one experiment."""
-    return run["protocol"], group_key(run["setting"]["values"])
+def setting_key(run: dict) -> tuple[str, str, float, str]:
+    """(protocol, recipe, alpha, `mtl_ser.settings.group_key` of the setting values): equal
+    for the folds and seeds of one experiment, and only for them."""
+    digest = group_key(run["setting"]["values"])
+    return run["protocol"], run["recipe"], float(run["alpha"]), digest
 
 
 def value_text(value) -> str:
@@ -325,7 +328,7 @@ def aggregate(runs: list[dict]) -> list[Row]:
     for run in runs:
         groups[setting_key(run)].append(run)
     rows = []
-    for (protocol, key), members in groups.items():
+    for (protocol, _, _, key), members in groups.items():
         first = members[0]
         name = f"{first['recipe']} {protocol} alpha={alpha_text(first['alpha'])} setting {key}"
         variants = defaultdict(list)

@@ -16,7 +16,8 @@ Dynamic items of every dataset:
     tokens       ``[L]`` character ids of ``wrd`` (a single space when there is no text)
     ctc_mask     ``[1]`` bool: the utterance trains / scores CTC (has text and was not cropped,
                  since a crop no longer matches the full transcript)
-Static keys passed through: id, wrd, has_text, scripted, duration (seconds, for messages).
+Static keys passed through: id, wrd, has_text, scripted, duration (seconds, for messages),
+spk (the speaker, written to predictions.csv).
 
 Batches: training batches are length-grouped by default (``sorting: grouped``,
 `mtl_ser.data.sampler.LengthGroupedBatchSampler`); validation and test sets are sorted by
@@ -49,6 +50,7 @@ OUTPUT_KEYS = [
     "has_text",
     "scripted",
     "duration",
+    "spk",
 ]
 SORTINGS = ("grouped", "random", "ascending", "descending")
 EVAL_ORDERS = ("duration", "manifest")

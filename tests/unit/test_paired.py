@@ -159,6 +159,7 @@ def test_pairs_follow_the_setting_fields():
         values = {"recipe": "mtl", "protocol": "loso", "alpha": alpha, "fold": fold, "seed": 1}
         values |= {"encoder": "e", "lr_encoder": lr, "lr_heads": lr, "ctc_reduction": reduction}
         return {
+            "recipe": "mtl",
             "protocol": "loso",
             "alpha": alpha,
             "fold": fold,
@@ -174,7 +175,7 @@ def test_pairs_follow_the_setting_fields():
         run(0.1, reduction="length_mean"),
         run(0.01, reduction="length_mean"),
     ]
-    found = {(a["alpha"], b["alpha"], field) for _, a, b, field, _ in find_pairs(runs)}
+    found = {(a["alpha"], b["alpha"], field) for _, a, b, field, *_ in find_pairs(runs)}
     assert found == {
         (0.0, 0.1, "alpha"),  # learning rates differ along with alpha: allowed
         (0.1, 0.1, "ctc_reduction"),
