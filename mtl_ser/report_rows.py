@@ -70,8 +70,7 @@ def check_results(data, path: Path) -> dict:
         raise ValueError(
             f"{path}: results schema {schema} records no full setting (key 'setting'), so its "
             "runs could not be kept apart from other settings; re-run the run with this "
-            "mtl-ser (a finished run is re-tested from its checkpoint) or re-score it with "
-            "`mtl-ser evaluate`, then report again"
+            "mtl-ser or re-score it with `mtl-ser evaluate`, then report again"
         )
     setting = data["setting"]
     if not isinstance(setting, dict):

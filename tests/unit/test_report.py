@@ -140,6 +140,7 @@ def test_report_files(runs_folder, tmp_path):
         "confusion_mtl_loso_alpha0.1.png",
         "confusion_mtl_cai2021_alpha0.01.png",
     }
+    assert {p.name for p in out.iterdir()} == names  # written whole: no temporary file left
     for name in names:
         if name.endswith(".png"):
             assert (out / name).read_bytes()[:4] == b"\x89PNG"
