@@ -231,7 +231,7 @@ class EmotionBrain(sb.Brain):
                 self.greedy_transcripts(outputs),
                 [bool(x) for x in batch.has_text],
                 [None if x is None else bool(x) for x in batch.scripted],
-                speakers=list(batch.spk),
+                speakers=getattr(batch, "spk", None),
             )
         return losses.total
 

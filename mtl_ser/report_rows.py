@@ -175,14 +175,11 @@ def value_text(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-_ABSENT = object()
-
-
 def varying_keys(settings: list[dict], skip=COLUMN_KEYS) -> list[str]:
     """The keys whose values differ among ``settings`` (a key one setting lacks differs),
     sorted, without ``skip``: what a table must show to tell its rows apart."""
     keys = sorted({k for s in settings for k in s} - set(skip))
-    return [k for k in keys if len({value_text(s.get(k, _ABSENT)) for s in settings}) > 1]
+    return [k for k in keys if len({value_text(s[k]) if k in s else None for s in settings}) > 1]
 
 
 def setting_text(values: dict, keys) -> str:

@@ -391,3 +391,13 @@ def test_outputs_are_written_whole(tmp_path):
         tmp.write_text("new report\n")
     assert target.read_text() == "new report\n"
     assert [p.name for p in tmp_path.iterdir()] == ["summary.md"]
+
+
+def test_a_key_that_one_setting_lacks_tells_rows_apart(tmp_path):
+    write_run(tmp_path / "a", fold=1, max_len=8.0)
+    write_run(tmp_path / "b", fold=1)
+    rows = aggregate(find_results([tmp_path]))
+    assert len(rows) == 2
+    write_report([tmp_path], tmp_path / "report")
+    markdown = (tmp_path / "report/summary.md").read_text()
+    assert "| max_len=8 |" in markdown and "| max_len=(absent) |" in markdown
