@@ -44,16 +44,17 @@ def cluster_weights(
         raise ValueError(f"{len(strata)} strata for {n} items")
     weights = np.zeros((samples, n))
     members: dict = {}
-    for i, (stratum, cluster) in enumerate(zip(strata, clusters, strict=True)):
-        members.setdefault(stratum, {}).setdefault(cluster, []).append(i)
+    for i, stratum in enumerate(strata):
+        members.setdefault(stratum, []).append(i)
     for stratum in sorted(members, key=str):  # a fixed order: the same draws for one seed
-        groups = [members[stratum][c] for c in sorted(members[stratum], key=str)]
-        k = len(groups)
+        items = np.array(members[stratum])
+        # Cluster index of each item of the stratum, clusters in sorted order.
+        _, cluster_of = np.unique([str(clusters[i]) for i in items], return_inverse=True)
+        k = int(cluster_of.max()) + 1
         drawn = rng.integers(0, k, size=(samples, k))
-        counts = np.zeros((samples, k))
-        np.add.at(counts, (np.arange(samples)[:, None], drawn), 1)
-        for c, items in enumerate(groups):
-            weights[:, items] = counts[:, c : c + 1]
+        flat = (np.arange(samples)[:, None] * k + drawn).ravel()
+        counts = np.bincount(flat, minlength=samples * k).reshape(samples, k).astype(float)
+        weights[:, items] = counts[:, cluster_of]
     return weights
 
 
