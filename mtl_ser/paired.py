@@ -50,6 +50,8 @@ DETAIL_FIELDS = (
 ALPHA_WITH_RATES = {"alpha", "lr_encoder", "lr_heads"}
 FOLD_METRICS = ("wa", "ua", "macro_f1", "wer")
 POOLED_METRICS = ("wa", "ua", "wer")
+# Fewer speakers than this in a fold: the bootstrap interval is said to be too narrow.
+FEW_CLUSTERS = 5
 NAMES = {"wa": "WA", "ua": "UA", "macro_f1": "macro-F1", "wer": "WER"}
 
 
@@ -301,7 +303,7 @@ def bootstrap(
     without them, every utterance is its own cluster).
 
     Returns: {"first", "second", "diff", "ci_low", "ci_high", "n" (utterances), "clusters",
-    "cluster_unit", "samples"}.
+    "min_clusters" (fewest in one fold), "cluster_unit", "samples"}.
     """
     n = len(arrays["true"])
     clusters = arrays.get("cluster", np.arange(n))
@@ -325,6 +327,7 @@ def bootstrap(
         "ci_high": result["ci_high"],
         "n": n,
         "clusters": result["clusters"],
+        "min_clusters": result["min_clusters"],
         "cluster_unit": arrays.get("cluster_unit", "utterance"),
         "samples": samples,
     }
@@ -380,6 +383,13 @@ def compare_settings(runs: list[dict], samples: int = BOOTSTRAP_SAMPLES) -> list
                 if metric == "wer" and "words" not in arrays:
                     continue
                 comparison.pooled[metric] = bootstrap(arrays, metric, samples)
+            fewest = min(r["min_clusters"] for r in comparison.pooled.values())
+            if arrays["cluster_unit"] == "speaker" and fewest < FEW_CLUSTERS:
+                comparison.notes.append(
+                    f"only {fewest} speaker(s) in a fold: a cluster bootstrap with K speakers "
+                    "per fold keeps (K - 1) / K of the variance, so the pooled interval is too "
+                    "narrow; the per-fold tests are the safer guide"
+                )
         comparisons.append(comparison)
     return comparisons
 

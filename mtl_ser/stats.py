@@ -78,7 +78,10 @@ def cluster_bootstrap(
         level: coverage of the interval.
 
     Returns: {"estimate", "ci_low", "ci_high", "samples", "clusters" (number of clusters
-    over all strata), "values" ([samples] the resampled statistics)}.
+    over all strata), "min_clusters" (the fewest in one stratum), "values" ([samples] the
+    resampled statistics)}. With K clusters in a stratum the bootstrap variance of a mean
+    is (K - 1) / K of the true one: with very few clusters per stratum the interval is too
+    narrow (half the variance for K = 2).
     """
     n = len(clusters)
     estimate = float(np.asarray(statistic(np.ones((1, n))))[0])
@@ -90,12 +93,16 @@ def cluster_bootstrap(
     values = np.concatenate(values)
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(values, [tail, 100 - tail])
-    keys = set(zip([None] * n if strata is None else strata, clusters, strict=True))
+    keys = set(zip([None] * n if strata is None else strata, map(str, clusters), strict=True))
+    per_stratum: dict = {}
+    for stratum, _ in keys:
+        per_stratum[stratum] = per_stratum.get(stratum, 0) + 1
     return {
         "estimate": estimate,
         "ci_low": float(low),
         "ci_high": float(high),
         "samples": samples,
         "clusters": len(keys),
+        "min_clusters": min(per_stratum.values()),
         "values": values,
     }

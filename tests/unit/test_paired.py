@@ -233,7 +233,10 @@ def test_paired_bootstrap_resamples_speakers_and_tests_folds(tmp_path):
     assert (wa["ci_low"], wa["ci_high"]) == (0.0, 1.0)
     assert c.tests["ua"]["n"] == 1 and c.per_fold["ua"]["folds"] == [1]
     assert c.tests["ua"]["mean_diff"] == pytest.approx(0.2)
-    assert not c.notes  # speakers known: no fallback note
+    assert wa["min_clusters"] == 2
+    # Speakers known: no fallback note, but 2 speakers per fold is said to be few.
+    assert not any("no speaker column" in note for note in c.notes)
+    assert any("only 2 speaker(s) in a fold" in note for note in c.notes)
 
 
 def test_seeds_of_a_fold_are_one_unit_of_the_tests(tmp_path):
