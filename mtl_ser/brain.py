@@ -271,6 +271,7 @@ class EmotionBrain(sb.Brain):
                 self.greedy_transcripts(outputs),
                 [bool(x) for x in batch.has_text],
                 [None if x is None else bool(x) for x in batch.scripted],
+                speakers=getattr(batch, "spk", None),
             )
         return losses.total
 

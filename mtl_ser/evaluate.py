@@ -91,6 +91,7 @@ def _manifest_items(path: Path, data_folder) -> tuple[list[dict], list[str], dic
             "wrd": r.get("wrd", ""),
             "has_text": bool(r.get("has_text", r.get("wrd"))),
             "scripted": r.get("scripted"),
+            "speaker": r.get("spk"),
         }
         for utt_id, r in sorted(records.items())
     ]
@@ -263,6 +264,7 @@ def evaluate(
                 None if not recognizer.has_ctc else [p.transcript or "" for _, p in done],
                 [i["has_text"] for i, _ in done],
                 [i["scripted"] for i, _ in done],
+                speakers=[i.get("speaker") for i, _ in done],
             )
     if errors and on_error == "fail":
         raise ValueError(
