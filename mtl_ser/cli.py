@@ -24,9 +24,16 @@ def _add_prepare(subparsers) -> None:
     add_prepare_commands(subparsers)
 
 
+def _check_device(device: str) -> None:
+    from mtl_ser.hparams_check import check_device
+
+    check_device(device)
+
+
 def _evaluate(args) -> None:
     from mtl_ser.evaluate import evaluate, parse_label_map
 
+    _check_device(args.device)
     evaluate(
         args.model,
         args.data,
@@ -101,6 +108,7 @@ def _predict(args) -> int:
     from mtl_ser.predict import check_predictions_output, collect_audio_files, write_predictions
 
     check_predictions_output(args.output, args.overwrite)
+    _check_device(args.device)
     model = load_model(args.model, window=args.window, device=args.device)
     files = collect_audio_files(args.inputs)
     if not files:
@@ -122,6 +130,7 @@ def _embed(args) -> int:
 
     output = Path(args.output)
     check_embeddings_output(output, args.overwrite)
+    _check_device(args.device)
     model = load_model(args.model, window=args.window, device=args.device)
     files = collect_audio_files(args.inputs)
     if not files:
@@ -252,13 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mtl-ser` console script. Returns the exit status."""
+    from mtl_ser.errors import expected_errors, report
+
     args = build_parser().parse_args(argv)
     try:
         status = args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
-        # Data problems are the user's to fix: show the message, not a traceback.
-        print(f"mtl-ser {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except expected_errors() + (ValueError, OSError, ImportError) as err:
+        # Data and file problems are the user's to fix: the message, not a traceback.
+        return report(f"mtl-ser {args.command}", err)
     return status or 0
 
 

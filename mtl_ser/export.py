@@ -122,7 +122,14 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: the model folder is incomplete")
+        try:
+            return load_file(str(path))
+        except Exception as err:  # SafetensorError derives from Exception only
+            raise ValueError(
+                f"{path}: not a readable safetensors file ({err}); export the model again"
+            ) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError and friends: refuse, whatever the cause
