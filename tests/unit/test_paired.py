@@ -25,7 +25,7 @@ def write_run(root, alpha, fold, predicted, ua, wer=None, hypotheses=None, seed=
     for t, p in zip(true, predicted, strict=True):
         confusion[LABELS.index(t)][LABELS.index(p)] += 1
     results = {
-        "schema": 1,
+        "schema": 2,
         "recipe": "mtl",
         "protocol": "loso",
         "alpha": alpha,

@@ -31,7 +31,7 @@ def confusion(correct: int, total: int) -> list[list[int]]:
 def write_run(root: Path, recipe="mtl", protocol="loso", alpha=0.1, fold=1, seed=1986, **fields):
     correct, total = fields.pop("counts", (1, 2))
     results = {
-        "schema": 1,
+        "schema": 2,
         "recipe": recipe,
         "protocol": protocol,
         "alpha": alpha,
