@@ -300,6 +300,7 @@ def evaluate(
         "encoder": trained.get("encoder"),
         # The trained run's setting, so that reports keep different settings apart.
         **{key: trained.get(key) for key in DETAIL_FIELDS},
+        "setting": trained.get("setting"),  # the trained run's full setting (mtl_ser.settings)
         "best_epoch": (recognizer.model.info or {}).get("checkpoint_epoch"),
         "corpus": facts["corpus"],
         # The model's test speakers are not compared with this set's: not claimed.

@@ -243,6 +243,32 @@ def lock_run_folder(output_folder: str | Path) -> RunLock | None:
     return RunLock(output_folder).acquire()
 
 
+def run_setting_values(hparams_file, overrides: str, config: dict, run_opts) -> dict:
+    """This run's setting values from its configuration (`mtl_ser.settings`), after checking
+    that the output folder holds no run of another setting (before anything is written
+    there: a re-run with another fold or alpha must not touch the earlier run)."""
+    from mtl_ser.settings import check_run_folder, hparams_values
+
+    values = hparams_values(hparams_file, overrides, config, run_opts)
+    check_run_folder(config["output_folder"], values, partial=True)
+    return values
+
+
+def claim_run_folder(hparams: dict, values: dict) -> dict:
+    """Completes the setting with the encoder's and the manifests' digests, refuses a run
+    folder of another setting, and records it in ``setting.json`` (main process).
+
+    Returns: the setting record for results.json.
+    """
+    from mtl_ser.settings import check_run_folder, data_values, make_setting, write_setting
+
+    values = {**values, **data_values(hparams)}
+    check_run_folder(hparams["output_folder"], values)
+    if sb.utils.distributed.if_main_process():
+        return write_setting(hparams["output_folder"], values)
+    return make_setting(values)
+
+
 def run_recipe_main(main, argv: list[str]) -> int:
     """Runs a recipe's ``main(argv)``; a configuration problem, a busy run folder, a
     pretrained model that cannot be found or an unusable manifest is a message on stderr
