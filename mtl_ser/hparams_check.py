@@ -24,8 +24,11 @@ from mtl_ser.data.encoder_cache import cache_kind
 from mtl_ser.data.feature_cache import DTYPES
 from mtl_ser.data.pipelines import EVAL_ORDERS, SORTINGS
 from mtl_ser.data.protocols import PROTOCOL_FOLDS
+from mtl_ser.models.encoders import ENCODER_TYPES
 from mtl_ser.models.heads import POOLINGS
 from mtl_ser.models.objective import CTC_REDUCTIONS
+from mtl_ser.models.peft_tuning import FINETUNING, resolve_finetuning
+from mtl_ser.models.whisper import WHISPER_INPUTS
 
 
 class ConfigError(ValueError):
@@ -132,6 +135,12 @@ RULES: dict[str, Rule] = {
     "mask_time_prob": number(0.0, 1.0),
     "freeze_encoder": boolean,
     "freeze_feature_encoder": boolean,
+    "encoder_type": optional(choice(*ENCODER_TYPES)),
+    "finetuning": optional(choice(*FINETUNING)),
+    "lora_rank": integer(1),
+    "lora_alpha": number(0.0, low_open=True),
+    "lora_dropout": number(0.0, 1.0),
+    "whisper_input": choice(*WHISPER_INPUTS),
     "pooling": choice(*POOLINGS),
     "layerdrop": optional(number(0.0, 1.0)),
     "padding_aware": boolean,
@@ -200,6 +209,7 @@ def check_hparams(
                     f"{_flag(key, effective[key], cli_keys)}: {key} must be {allowed}"
                 )
     _check_fold(effective, cli_keys)
+    _check_finetuning(effective)
     _check_encoder_cache(effective)
     _check_workers(effective)
     _check_distributed(effective, run_opts)
@@ -219,14 +229,24 @@ def _check_fold(config: dict, cli_keys: set[str]) -> None:
         )
 
 
+def _check_finetuning(config: dict) -> None:
+    """``finetuning`` and ``freeze_encoder`` must agree."""
+    if "finetuning" in config:
+        try:
+            resolve_finetuning(config["finetuning"], config["freeze_encoder"])
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+
 def _check_encoder_cache(config: dict) -> None:
     """A cache of frozen encoder outputs must give what every epoch would compute."""
     if "encoder_cache_folder" not in config:
         return
+    frozen = config["freeze_encoder"] or config.get("finetuning") == "frozen"
     try:
         cache_kind(
             config["encoder_cache_folder"],
-            config["freeze_encoder"],
+            frozen,
             config["freeze_feature_encoder"],
             config["augment_prob"],
             config["max_len"],
