@@ -16,8 +16,12 @@ The heads always train fully. Settings (``peft`` in the YAML, `PEFT_DEFAULTS`):
 - ``target_modules`` null: LoRA on the attention query and value projections
   (``q_proj``, ``v_proj``: Hu et al. 2021, section 4.2 / 7.1, found adapting W_q and W_v
   best for a given budget); (IA)^3 on ``k_proj``, ``v_proj`` and the feed-forward output
-  layer (``fc2`` in Whisper, ``output_dense`` in wav2vec2-style encoders: peft's own (IA)^3
-  targets for transformer blocks). Names match module names or their last parts.
+  layer (``fc2`` in Whisper, ``output_dense`` in wav2vec2-style encoders), the places of
+  Liu et al. 2022. WavLM is the exception: transformers' WavLM attention passes its
+  projections' weights to ``F.multi_head_attention_forward`` without calling the layers,
+  so adapters there would never run; WavLM gets LoRA on the feed-forward layers
+  (``intermediate_dense``, ``output_dense``) and (IA)^3 on ``output_dense``, and attention
+  targets are refused. Names match module names or their last parts.
 
 Checkpoints of a lora / adapters run hold the trainable tensors only (adapters; the heads
 have their own files): the frozen encoder weights are written once per run, beside the
@@ -46,9 +50,13 @@ logger = logging.getLogger(__name__)
 FINETUNING = ("full", "frozen", "lora", "adapters")
 PEFT_DEFAULTS = {"rank": 8, "alpha": 8, "dropout": 0.0, "target_modules": None}
 LORA_TARGETS = ("q_proj", "v_proj")
-# model_type -> the feed-forward output layer: (IA)^3 scales its input (the inner activations).
-FEED_FORWARD_OUTPUT = {"whisper": "fc2"}
-DEFAULT_FEED_FORWARD_OUTPUT = "output_dense"
+# model_type -> the feed-forward (inner, output) layers: (IA)^3 scales the output layer's
+# input (the inner activations).
+FEED_FORWARD = {"whisper": ("fc1", "fc2")}
+DEFAULT_FEED_FORWARD = ("intermediate_dense", "output_dense")
+# transformers' WavLM attention hands these layers' weights to
+# F.multi_head_attention_forward instead of calling them: an adapter there would never run.
+UNREACHABLE = {"wavlm": ("q_proj", "k_proj", "v_proj", "out_proj")}
 BASE_WEIGHTS = "encoder_base.safetensors"
 ADAPTER_SETTINGS = "encoder_adapters.json"
 
@@ -76,19 +84,31 @@ def _config(mode: str, settings: dict, model_type: str):
     from peft import IA3Config, LoraConfig
 
     targets = settings["target_modules"]
+    inner, output = FEED_FORWARD.get(model_type, DEFAULT_FEED_FORWARD)
+    unreachable = UNREACHABLE.get(model_type, ())
+    if unreachable:  # the attention cannot be adapted: the feed-forward layers instead
+        defaults = {"lora": (inner, output), "adapters": (output,)}
+    else:
+        defaults = {"lora": LORA_TARGETS, "adapters": ("k_proj", "v_proj", output)}
+    targets = list(targets or defaults[mode])
+    refused = sorted(set(targets) & set(unreachable))
+    if refused:
+        raise ValueError(
+            f"peft_target_modules {refused}: transformers' {model_type} attention uses these "
+            "layers' weights without calling them, so adapters there would never run: "
+            f"target other layers (e.g. {inner}, {output})"
+        )
     if mode == "lora":
         return LoraConfig(
             r=settings["rank"],
             lora_alpha=settings["alpha"],
             lora_dropout=settings["dropout"],
-            target_modules=list(targets or LORA_TARGETS),
+            target_modules=targets,
             bias="none",
         )
-    feed_forward = FEED_FORWARD_OUTPUT.get(model_type, DEFAULT_FEED_FORWARD_OUTPUT)
-    targets = list(targets or ("k_proj", "v_proj", feed_forward))
     return IA3Config(
         target_modules=targets,
-        feedforward_modules=[t for t in targets if t == feed_forward],
+        feedforward_modules=[t for t in targets if t == output],
     )
 
 
