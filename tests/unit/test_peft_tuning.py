@@ -71,7 +71,7 @@ def test_checkpoint_holds_adapters_only_and_merged_weights_give_the_same_output(
     torch.manual_seed(0)
     encoder = build_encoder(source, finetuning=mode, peft={"rank": 4, "alpha": 8})
     with torch.no_grad():  # adapters as after training (LoRA's B starts at zero)
-        for name, p in encoder.named_parameters():
+        for p in encoder.parameters():
             if p.requires_grad:
                 p.add_(0.1 * torch.randn_like(p))
     checkpoint = tmp_path / "save" / "CKPT+1" / "encoder.ckpt"
