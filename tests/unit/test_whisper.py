@@ -1,6 +1,8 @@
 """Whisper's encoder: transformers' numbers in padded_30s mode, batch-independent true-length
 mode, checkpoint loading that keeps every encoder weight and refuses other types."""
 
+import json
+
 import pytest
 import torch
 import transformers
@@ -117,3 +119,33 @@ def test_emotion_and_ctc_heads_train_on_whisper_frames():
     (logits.sum() + log_probs.logsumexp(-1).sum()).backward()
     assert encoder.model.conv1.weight.grad is not None
     assert encoder.model.layers[0].fc1.weight.grad.abs().sum() > 0
+
+
+def test_export_spec_rebuilds_the_same_encoder_in_either_mode():
+    from mtl_ser.export import module_spec
+    from mtl_ser.model_spec import build_module, validate_spec
+
+    torch.manual_seed(0)
+    encoder = WhisperEncoder("random:whisper-tiny", whisper_input="padded_30s").eval()
+    spec = json.loads(json.dumps(module_spec(encoder)))  # as model_spec.json holds it
+    full = {
+        "format": 1,
+        "modules": {
+            "encoder": spec,
+            "emotion_head": {
+                "class": "mtl_ser.models.heads.EmotionHead",
+                "kwargs": {"input_size": 64, "n_classes": 4},
+            },
+        },
+        "labels": ["a", "b", "c", "d"],
+        "vocab": ["_"],
+        "sample_rate": 16000,
+        "channels": "mean",
+    }
+    validate_spec(full, "test")
+    rebuilt = build_module(spec).eval()
+    rebuilt.load_state_dict(encoder.state_dict())
+    assert rebuilt.whisper_input == "padded_30s"
+    _, batch, lens = _waves(0.5)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(batch, lens).hidden, encoder(batch, lens).hidden)
