@@ -161,3 +161,40 @@ def test_contradictory_finetuning_is_refused_in_one_line(small, demo_corpus, tmp
     assert done.returncode != 0
     assert "freeze_encoder: True contradicts finetuning: lora" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_whisper_lora_under_ddp_trains_the_same_adapters_on_every_rank(
+    small, demo_corpus, tmp_path
+):
+    """Two processes (gloo): no unused-parameter error, identical parameters on both ranks,
+    and only the adapters (and heads) moved."""
+    import torch
+    from hyperpyyaml import load_hyperpyyaml
+
+    from mtl_ser.experiment import parse_arguments
+
+    overrides, *extra = WHISPER_LORA
+    a = _args(
+        small,
+        demo_corpus,
+        tmp_path / "run",
+        overrides,
+        *extra,
+        "--distributed_backend=gloo",
+        epochs=1,
+    )
+    command = _command(a)
+    torchrun = [command[0], "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    wrapper = [str(ROOT / "tests/recipes/ddp_params.py"), str(tmp_path)]
+    done = subprocess.run(
+        torchrun + wrapper + command[1:], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    ranks = [torch.load(tmp_path / f"params_rank{r}.pt") for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys()
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    hparams_file, _, yaml_overrides = parse_arguments(command[2:])
+    with open(hparams_file) as f:
+        initial = load_hyperpyyaml(f, yaml_overrides)["encoder"].state_dict()  # same seed
+    changed = {k for k, v in initial.items() if not torch.equal(ranks[0][f"encoder.{k}"], v)}
+    assert changed and all("lora_" in k for k in changed)
