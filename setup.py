@@ -21,6 +21,8 @@ setup(
         "torchaudio>=2.1",
         "speechbrain>=1.1,<1.2",
         "transformers>=4.40",
+        # finetuning: lora | adapters (LoRA, (IA)^3 injection and merging)
+        "peft>=0.17,<0.22",
         "sentencepiece",
         "jiwer>=3.0",
         "hyperpyyaml>=1.2",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import sys
 from collections import Counter
 from pathlib import Path
@@ -32,7 +33,10 @@ from mtl_ser.data.labels import LabelSet
 from mtl_ser.data.prepare import prepare_iemocap
 from mtl_ser.data.text import CharVocabulary
 from mtl_ser.hparams_check import ConfigError
+from mtl_ser.models.peft_tuning import parameter_counts
 from mtl_ser.runlock import RunLock
+
+logger = logging.getLogger(__name__)
 
 VOCAB_FILE = "vocab.json"
 COMMAND_LINE = "the command-line options"
@@ -307,6 +311,23 @@ def end_distributed() -> None:
         torch.distributed.destroy_process_group()
 
 
+def _trained_parameters(hparams: dict) -> dict:
+    """The run's fine-tuning mode and trained parameter counts (also logged)."""
+    counts = parameter_counts(hparams["modules"], with_ctc=hparams["alpha"] > 0)
+    mode = hparams.get("finetuning_mode")  # the CNN recipe has no fine-tuning modes
+    share = counts["trained_encoder_parameters"] / max(counts["encoder_parameters"], 1)
+    logger.info(
+        "finetuning %s: %s trained parameters (encoder %s = %.2f%% of its %s, heads %s)",
+        mode,
+        f"{counts['trained_parameters']:,}",
+        f"{counts['trained_encoder_parameters']:,}",
+        100 * share,
+        f"{counts['encoder_parameters']:,}",
+        f"{counts['trained_parameters'] - counts['trained_encoder_parameters']:,}",
+    )
+    return {"finetuning": mode, **counts}
+
+
 def run_identity(hparams: dict, label_set: LabelSet) -> dict:
     """Facts that identify a run in results.json and in reports.
 
@@ -338,5 +359,6 @@ def run_identity(hparams: dict, label_set: LabelSet) -> dict:
         "encoder": hparams["encoder_name"],
         "corpus": prepared.get("corpus"),
         "labels": list(label_set.classes),
+        **_trained_parameters(hparams),
         "mtl_ser_version": mtl_ser.__version__,
     }

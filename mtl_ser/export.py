@@ -31,6 +31,7 @@ from mtl_ser.data.audio import SAMPLE_RATE
 from mtl_ser.data.labels import LabelSet
 from mtl_ser.data.text import CharVocabulary
 from mtl_ser.model_spec import INFERENCE_MODULES, SPEC_FORMAT, build_module, validate_spec
+from mtl_ser.models.peft_tuning import merged_encoder_state
 
 SPEC_FILE = "model_spec.json"
 EXPORT_FILE = "mtl_ser_model.json"
@@ -168,6 +169,10 @@ def load_run(run_folder: str | Path) -> LoadedModel:
         if name not in checkpoint.paramfiles:
             raise FileNotFoundError(f"checkpoint {checkpoint.path} has no {name}.ckpt")
         state_dicts[name] = load_tensors(checkpoint.paramfiles[name])
+    # A lora / adapters run: its adapters folded into plain weights (no peft needed later).
+    state_dicts["encoder"] = merged_encoder_state(
+        checkpoint.path.parent, spec["modules"]["encoder"], state_dicts["encoder"]
+    )
     info = {
         "source_run": str(run.resolve()),
         "checkpoint": checkpoint.path.name,
