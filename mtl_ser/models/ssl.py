@@ -100,6 +100,11 @@ class SSLEncoder(nn.Module):
         # embedding keeps its pretrained value.
         if getattr(self.model, "masked_spec_embed", None) is not None:
             self.model.masked_spec_embed.requires_grad_(False)
+        # A frozen feature encoder runs without autograd (`conv_features`): transformers'
+        # feature encoders mark their *input* as requiring grad in training mode unless
+        # their private ``_freeze_parameters`` was called, so frozen weights alone still
+        # record every convolution and differentiate the waveform for nothing.
+        self.frozen_features = bool(freeze or freeze_feature_encoder)
         if freeze:
             self.model.requires_grad_(False)
         elif freeze_feature_encoder:
@@ -204,17 +209,19 @@ class SSLEncoder(nn.Module):
         Args: wavs ``[B, S]`` float waveforms at 16 kHz, zero-padded; wav_lens ``[B]``
         relative lengths in (0, 1] (SpeechBrain convention).
 
-        Returns: (features ``[B, T, C]``, true frame counts ``[B]``).
+        Returns: (features ``[B, T, C]``, true frame counts ``[B]``); without autograd
+        history when the feature encoder is frozen (whatever the backbone and the mode).
         """
         lengths = torch.round(wav_lens * wavs.shape[1]).long()
-        if self.normalize_waveform:
-            wavs = normalize_per_utterance(wavs, lengths)
-        if self.padding_aware:
-            features = self._padding_aware_features(wavs, lengths)
-            frames = self.output_lengths(lengths).clamp(max=features.shape[1])
-        else:  # the released code: every frame of the padded batch counts
-            features = self.model.feature_extractor(wavs).transpose(1, 2)
-            frames = torch.full_like(lengths, features.shape[1])
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_features):
+            if self.normalize_waveform:
+                wavs = normalize_per_utterance(wavs, lengths)
+            if self.padding_aware:
+                features = self._padding_aware_features(wavs, lengths)
+                frames = self.output_lengths(lengths).clamp(max=features.shape[1])
+            else:  # the released code: every frame of the padded batch counts
+                features = self.model.feature_extractor(wavs).transpose(1, 2)
+                frames = torch.full_like(lengths, features.shape[1])
         return features, frames
 
     def forward(
