@@ -1,23 +1,27 @@
 #!/usr/bin/env python3
-"""Seconds per training epoch and per evaluation pass: the recipe against a bare PyTorch loop.
+"""Seconds per training epoch and per evaluation pass: the recipe against plain transformers.
 
 On a corpus with IEMOCAP's duration distribution (synthesised once into ``--corpus``, or
 reused from there) it times, in one process on one machine, interleaved over ``--rounds``
-rounds:
+rounds, with random training batches of 8, the feature encoder frozen, no time masking and
+no encoder cache:
 
-- (a) the recipe as it was: random training batches of 8, evaluation in manifest order;
-- (b) the recipe with today's defaults: length-grouped batches of 8 (``sorting: grouped``),
-  evaluation in duration order;
-- (c) a bare PyTorch loop (no SpeechBrain: a torch DataLoader over the same batch lists, a
-  plain collate, the same modules, AdamW, the same loss formula, global gradient clipping)
-  on (a)'s batches, and (c') on (b)'s;
+- (r) the recipe with its default ``padding_aware: True``;
+- (p) the reference: a loop of plain ``transformers`` calls (``Wav2Vec2FeatureExtractor``
+  in the loader, ``model(x, attention_mask=...)``, mean pooling over the valid frames, two
+  linear heads, CE + alpha * CTC, AdamW, global clipping) on (r)'s batches;
+- (o) a plain loop over the project's own modules (no SpeechBrain) on (r)'s batches: what
+  the Brain and the data pipeline cost on top of the modules;
+- (r0) the recipe with ``padding_aware: False`` (the released code's way) and (p0) the
+  transformers loop without attention masks on (r0)'s batches;
 - probing: a frozen encoder read through a weighted layer sum with the encoder cache: the
   first epoch (which fills the cache) against the next.
 
 It prints s/epoch (the fastest round, and every round), the share of padding in the
 batches, the peak memory of each configuration (CUDA: ``torch.cuda.max_memory_allocated``;
 CPU: the process's peak resident memory, reset before each configuration through
-``/proc/self/clear_refs``), and the ratios a/c, b/c', b/a and the probing ratio.
+``/proc/self/clear_refs``), the ratios r/p, r0/p0, r/o (fastest rounds and per round), the
+probing ratio, and the command for a GPU.
 
 The corpus: durations log-normal with IEMOCAP's mean 4.56 s and standard deviation 3.2 s
 (the 4-class set's statistics used by the README's compute estimate and DESIGN.md),
@@ -26,11 +30,11 @@ clipped to its range [0.6, 34] s (from 1000 training utterances on, the longest 
 (16 kHz), transcripts random letters (12 per second), labels random; a tenth as many
 validation utterances (at least 16) and 8 test ones.
 
-    # CPU, a few minutes on 2 cores (random:small, a wav2vec2-shaped 3.7 M-parameter model)
-    python benchmarks/train_epoch.py --corpus /tmp/iemocap_like
-    # GPU: the base architecture at the full LOSO training size
-    python benchmarks/train_epoch.py --corpus /data/iemocap_like --utterances 4400 \\
-        --encoder random:base --device cuda --precision bf16 --workers 8
+    # CPU, minutes on 2 cores (random:small, a wav2vec2-shaped 3.7 M-parameter model)
+    python benchmarks/train_epoch.py --corpus /tmp/iemocap_like --threads 2
+    # GPU: the base architecture, a few minutes (the command the CPU run prints)
+    python benchmarks/train_epoch.py --corpus /tmp/iemocap_like --device cuda \\
+        --encoder random:base --utterances 400 --rounds 3 --workers 4 --no-probing
 """
 
 from __future__ import annotations
