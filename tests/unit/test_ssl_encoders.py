@@ -88,6 +88,20 @@ def test_masked_group_norm_matches_group_norm_on_unpadded_input():
     torch.testing.assert_close(part[1, :, :12], norm(x[1:2, :, :12])[0])
 
 
+def test_masked_group_norm_is_the_native_norm_per_utterance_and_zero_padding():
+    """Each utterance's frames get exactly (bitwise) what GroupNorm gives them alone and
+    padded frames are 0, without the masked full-batch statistics it used to build."""
+    torch.manual_seed(0)
+    norm = torch.nn.GroupNorm(8, 8)
+    norm.weight.data.uniform_()
+    norm.bias.data.uniform_()
+    x = torch.randn(3, 8, 40)
+    out = masked_group_norm(x, torch.tensor([40, 25, 7]), norm)
+    for b, n in enumerate([40, 25, 7]):
+        assert torch.equal(out[b, :, :n], norm(x[b : b + 1, :, :n])[0])
+        assert not out[b, :, n:].any()
+
+
 def test_normalize_per_utterance_ignores_padding():
     wavs = torch.tensor([[1.0, 3.0, 0.0, 0.0], [2.0, 4.0, 6.0, 8.0]])
     out = normalize_per_utterance(wavs, torch.tensor([2, 4]))
