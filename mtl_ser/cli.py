@@ -39,6 +39,7 @@ def _evaluate(args) -> None:
         on_error=args.on_error,
         batch_size=args.batch_size,
         device=args.device,
+        calibration_bins=args.calibration_bins,
     )
 
 
@@ -63,6 +64,9 @@ def _add_evaluate(subparsers) -> None:
     evaluate.add_argument("--on-error", choices=("fail", "skip"), default="fail")
     evaluate.add_argument("--batch-size", type=int, default=8)
     evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument(
+        "--calibration-bins", type=_positive_int, default=15, help="confidence bins of ECE"
+    )
     evaluate.set_defaults(func=_evaluate)
 
 

@@ -331,7 +331,8 @@ class EmotionRecognizer:
         transcripts = [""] * n if self.has_ctc else None
         for batch, enc in self._encoded_batches(segments, batch_size, progress, "scoring"):
             logits = self.modules["emotion_head"](enc.hidden, enc.lengths, enc.layers)
-            probs[batch] = torch.softmax(logits.float(), dim=-1).cpu()
+            # Temperature scaling fitted on validation (1 without calibration).
+            probs[batch] = torch.softmax(logits.float() / self.model.temperature, dim=-1).cpu()
             if self.has_ctc:
                 log_probs = self.modules["ctc_head"](enc.hidden, enc.layers)
                 rel_frames = enc.lengths.float() / log_probs.shape[1]
