@@ -19,6 +19,8 @@ import numpy as np
 
 CALIBRATION_METHODS = ("none", "temperature")
 DEFAULT_BINS = 15
+# The range of a fitted temperature (model_spec.json accepts 1e-3 .. 1e3).
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
 # Confidence thresholds of the coverage / accuracy table (0 keeps everything).
 COVERAGE_THRESHOLDS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
@@ -112,24 +114,28 @@ def fit_temperature(logits, targets, max_iter: int = 100) -> float:
 
     Args: logits ``[N, C]`` (validation logits: never the test set's); targets ``[N]``.
 
-    Returns: T > 0 (float). Optimised over log T with LBFGS, so T stays positive; starts at 1.
+    Returns: T in [`MIN_TEMPERATURE`, `MAX_TEMPERATURE`] (float). LBFGS runs on the inverse
+    temperature, in which the NLL is convex, so clamping it to the range gives the best T
+    within the range: an untrained model, whose best T is infinite (uniform
+    probabilities), gets `MAX_TEMPERATURE`.
     """
     import torch
 
     _check(np.asarray(logits), targets)
     z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
     y = torch.as_tensor(np.asarray(targets), dtype=torch.long)
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
+    beta = torch.ones((), dtype=torch.float64, requires_grad=True)  # 1 / T
+    optimizer = torch.optim.LBFGS([beta], lr=1, max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure():
         optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(z / log_t.exp(), y)
+        loss = torch.nn.functional.cross_entropy(z * beta, y)
         loss.backward()
         return loss
 
     optimizer.step(closure)
-    return float(log_t.detach().exp())
+    beta = min(max(float(beta.detach()), 1 / MAX_TEMPERATURE), 1 / MIN_TEMPERATURE)
+    return 1 / beta
 
 
 def coverage_accuracy(probs, targets, thresholds=COVERAGE_THRESHOLDS) -> list[dict]:

@@ -159,7 +159,7 @@ def write_run_outputs(
         setting.get("bins", DEFAULT_BINS),
         setting.get("temperature"),
     )
-    results["calibration"] = calibration
+    results["calibration"] = {**setting, **calibration}  # + how the temperature was fitted
     final = calibration["after"] or calibration["before"]  # what the model outputs
     results["ece"], results["brier"] = final["ece"], final["brier"]
     curves = {"uncalibrated": calibration["before"]}

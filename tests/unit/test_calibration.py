@@ -94,3 +94,11 @@ def test_calibration_results_before_and_after():
     assert out["method"] == "temperature" and len(out["before"]["bins"]) == 10
     assert out["after"]["ece"] == pytest.approx(ece(softmax(logits, 2.0), targets, 10))
     assert calibration_results(logits, targets)["after"] is None
+
+
+def test_temperature_stays_in_range_for_a_model_that_is_always_wrong():
+    # Anti-correlated logits: the best inverse temperature is negative; clamped, T = 100.
+    targets = np.arange(40) % 4
+    logits = np.zeros((40, 4))
+    logits[np.arange(40), targets] = -5.0
+    assert fit_temperature(logits, targets) == 100.0
