@@ -17,12 +17,14 @@ from mtl_ser.data.manifest import load_manifest
 from mtl_ser.evaluate import read_items
 from mtl_ser.export import LoadedModel, export_run
 from mtl_ser.export_onnx import OnnxExportError, check_exportable
-from tests.recipes.helpers import ROOT, read_json, run_recipe
+from tests.recipes.helpers import ROOT, TINY, read_json, run_recipe
 
 
 @pytest.fixture(scope="module")
 def calibrated_run(demo_corpus, tmp_path_factory):
-    """A 2-epoch multi-task run with temperature scaling and 10 calibration bins."""
+    """A 2-epoch multi-task run with temperature scaling and 10 calibration bins, at the
+    demo's learning rates (the tiny settings' model is still uniform after 2 epochs, and
+    the best temperature of a uniform model is the largest allowed)."""
     out = tmp_path_factory.mktemp("calibrated_run")
     run_recipe(
         "train_mtl.py",
@@ -32,6 +34,7 @@ def calibrated_run(demo_corpus, tmp_path_factory):
         "--number_of_epochs=2",
         "--calibration=temperature",
         "--calibration_bins=10",
+        overrides=(TINY, str(ROOT / "hparams/overrides/demo.yaml")),
     )
     return out
 
@@ -81,6 +84,7 @@ def test_temperature_is_fitted_on_validation_only_and_travels_with_the_model(
     calibration = results["calibration"]
     temperature = calibration["temperature"]
     assert calibration["method"] == "temperature" and calibration["bins"] == 10
+    assert 0.01 < temperature < 100  # fitted, not at a bound
     assert len(calibration["after"]["bins"]) == 10
     assert calibration["valid_nll_after"] <= calibration["valid_nll_before"]
     assert results["ece"] == calibration["after"]["ece"]
