@@ -362,3 +362,65 @@ def run_identity(hparams: dict, label_set: LabelSet) -> dict:
         **_trained_parameters(hparams),
         "mtl_ser_version": mtl_ser.__version__,
     }
+
+
+def fit_calibration(brain, valid_set, loader_kwargs: dict) -> dict:
+    """The run's calibration setting, put in ``brain.identity["calibration"]`` (results.json).
+
+    With hparams ``calibration: temperature`` the temperature is fitted on the VALIDATION
+    set's emotion logits from the checkpoint ``checkpoint_selection`` chooses (the one the
+    test pass uses), never on test data, and stored in the run's model_spec.json so that
+    `predict`, `evaluate` and every export apply it. Call after ``fit`` and before the test.
+
+    Args:
+        brain: the trained `EmotionBrain` (hparams ``calibration``, ``calibration_bins``).
+        valid_set: the validation dataset given to ``fit``.
+        loader_kwargs: its loader options (as for validation).
+
+    Returns: ``{"bins"}``, plus with temperature scaling ``"temperature"``,
+    ``"valid_nll_before"``, ``"valid_nll_after"`` and ``"valid_utterances"``.
+    """
+    from mtl_ser.calibration import fit_temperature, nll
+    from mtl_ser.checkpoints import find_selected_checkpoint
+    from mtl_ser.export import load_tensors, store_temperature
+
+    hp = brain.hparams
+    setting = {"bins": hp.calibration_bins}
+    if hp.calibration == "temperature":
+        checkpoint = find_selected_checkpoint(brain.checkpointer, hp.checkpoint_selection)
+        if checkpoint is None:
+            raise RuntimeError(
+                f"no checkpoint with validation metrics in {brain.checkpointer.checkpoints_dir}:"
+                " nothing to calibrate"
+            )
+        for name, module in brain.modules.items():
+            if name in checkpoint.paramfiles:  # the weights only: the epoch counter stays
+                bare = getattr(module, "module", module)  # DDP-wrapped or not
+                bare.load_state_dict(load_tensors(checkpoint.paramfiles[name]))
+        logits, targets = validation_logits(brain, valid_set, loader_kwargs)
+        temperature = fit_temperature(logits, targets)
+        setting.update(
+            temperature=temperature,
+            valid_nll_before=nll(logits, targets),
+            valid_nll_after=nll(logits, targets, temperature),
+            valid_utterances=len(targets),
+        )
+        if sb.utils.distributed.if_main_process():
+            store_temperature(hp.output_folder, temperature)
+    brain.identity["calibration"] = setting
+    return setting
+
+
+@torch.no_grad()
+def validation_logits(brain, valid_set, loader_kwargs: dict):
+    """Emotion logits ``[N, C]`` and targets ``[N]`` (numpy) of ``valid_set`` from the
+    brain's current weights, in eval mode."""
+    loader = brain.make_dataloader(valid_set, stage=sb.Stage.VALID, **loader_kwargs)
+    brain.modules.eval()
+    logits, targets = [], []
+    for batch in loader:
+        with brain.evaluation_ctx:
+            outputs = brain.compute_forward(batch, stage=sb.Stage.VALID)
+        logits.append(outputs.emo_logits.float().cpu())
+        targets.append(batch.emo_encoded.data.squeeze(-1).cpu())
+    return torch.cat(logits).numpy(), torch.cat(targets).numpy()

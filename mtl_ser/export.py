@@ -77,6 +77,17 @@ def write_model_spec(
     return atomic_write_text(path, json.dumps(spec, indent=2) + "\n")
 
 
+def store_temperature(folder: str | Path, temperature: float) -> Path:
+    """Adds the calibration temperature (fitted on validation) to a run's model_spec.json,
+    so that every use of the model divides the emotion logits by it. Returns the path."""
+    path = Path(folder) / SPEC_FILE
+    spec = validate_spec({**_read_json(path), "temperature": float(temperature)}, path)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(spec, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 @dataclass
 class LoadedModel:
     """Modules with their weights plus what is needed to use them."""
@@ -87,6 +98,11 @@ class LoadedModel:
     sample_rate: int
     info: dict  # provenance: run identity, metrics, checkpoint epoch
     spec: dict | None = None  # the model_spec.json it was built from
+
+    @property
+    def temperature(self) -> float:
+        """The emotion logits' divisor (calibration fitted on validation; 1: none)."""
+        return float((self.spec or {}).get("temperature", 1.0))
 
 
 def _from_spec(spec: dict, state_dicts: dict[str, dict], info: dict) -> LoadedModel:

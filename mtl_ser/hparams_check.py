@@ -20,6 +20,7 @@ from hyperpyyaml.core import resolve_references
 from ruamel.yaml import YAML
 
 from mtl_ser.brain import GRAD_CLIPS
+from mtl_ser.calibration import CALIBRATION_METHODS
 from mtl_ser.checkpoints import CHECKPOINT_SELECTIONS
 from mtl_ser.data.encoder_cache import cache_kind
 from mtl_ser.data.feature_cache import DTYPES
@@ -120,6 +121,8 @@ RULES: dict[str, Rule] = {
     "number_of_epochs": integer(1),
     "early_stop_patience": optional(integer(1)),
     "checkpoint_selection": choice(*CHECKPOINT_SELECTIONS),
+    "calibration": choice(*CALIBRATION_METHODS),
+    "calibration_bins": integer(1),
     "lr_encoder": number(0.0, low_open=True),
     "lr_heads": number(0.0, low_open=True),
     "warmup_fraction": number(0.0, 1.0),

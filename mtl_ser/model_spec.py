@@ -267,7 +267,11 @@ _SPEC = {
     "vocab": _vocab,
     "sample_rate": lambda v, k: _int(v, k, 1000, 384000),
     "channels": _choice(("mean",)),
+    # Optional: the emotion logits are divided by it (temperature scaling fitted on
+    # validation, `mtl_ser.calibration`).
+    "temperature": lambda v, k: _float(v, k, 1e-3, 1e3),
 }
+_OPTIONAL_SPEC_KEYS = ("temperature",)
 
 
 def validate_spec(spec, source: str | Path) -> dict:
@@ -276,7 +280,8 @@ def validate_spec(spec, source: str | Path) -> dict:
     Raises SpecError naming ``source`` (the file it came from) and the offending key.
     """
     try:
-        return _mapping(spec, "spec", _SPEC, required=tuple(_SPEC))
+        required = tuple(k for k in _SPEC if k not in _OPTIONAL_SPEC_KEYS)
+        return _mapping(spec, "spec", _SPEC, required=required)
     except SpecError as err:
         raise SpecError(f"{source}: refusing to load this model: {err}") from None
 

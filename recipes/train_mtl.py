@@ -23,6 +23,7 @@ from mtl_ser.experiment import (
     claim_run_folder,
     end_distributed,
     experiment_vocabulary,
+    fit_calibration,
     given_keys,
     label_set_of,
     lock_run_folder,
@@ -78,6 +79,8 @@ def main(argv):
         train_loader_kwargs=train_loader_options(hparams, datasets["train"], brain.device),
         valid_loader_kwargs=eval_loader_options(hparams, brain.device),
     )
+    # Temperature scaling (calibration: temperature): fitted on validation logits only.
+    fit_calibration(brain, datasets["valid"], eval_loader_options(hparams, brain.device))
     # The test set, once, from the checkpoint chosen on validation (checkpoint_selection).
     brain.evaluate(datasets["test"], test_loader_kwargs=eval_loader_options(hparams, brain.device))
     if sb.utils.distributed.if_main_process():
