@@ -109,3 +109,24 @@ def build_trap_tree(root: Path) -> Path:
         (root / f"Session1/dialog/{folder}/._Ses01F_impro01.txt").write_bytes(b"\x00\x05\x16\x07")
     (root / "Session1/sentences/wav/Ses01F_impro01/._Ses01F_impro01_F000.wav").write_bytes(b"\x00")
     return root
+
+
+def write_csv_corpus(root: Path, speakers=5, per_speaker=4, split_column=False):
+    """Writes 0.3 s wavs ``spk<s>/utt<i>.wav`` and ``root/corpus.csv`` (columns path, emotion,
+    transcript, speaker[, split]; emotions cycle neu, hap, ang, sad).
+
+    Returns: (csv path, rows as lists of strings)."""
+    labels = ["neu", "hap", "ang", "sad"]
+    rows = []
+    for s in range(speakers):
+        for i in range(per_speaker):
+            path = f"spk{s}/utt{i}.wav"
+            write_wav(root / path, seconds=0.3, seed=s * 10 + i)
+            row = [path, labels[i % 4], f"hello number {i}", f"spk{s}"]
+            if split_column:
+                row.append("test" if s == 0 else "valid" if s == 1 else "train")
+            rows.append(row)
+    header = "path,emotion,transcript,speaker" + (",split" if split_column else "")
+    csv_path = root / "corpus.csv"
+    csv_path.write_text(header + "\n" + "\n".join(",".join(r) for r in rows) + "\n")
+    return csv_path, rows

@@ -10,26 +10,8 @@ import soundfile
 from mtl_ser.cli import main
 from mtl_ser.data.csv_corpus import prepare_csv
 from mtl_ser.data.labels import LabelSet, parse_label_list
+from tests.builders import write_csv_corpus as make_corpus
 from tests.builders import write_wav
-
-LABELS = ["neu", "hap", "ang", "sad"]
-
-
-def make_corpus(root, speakers=5, per_speaker=4, split_column=False):
-    """Writes wavs and a CSV; returns (csv path, rows)."""
-    rows = []
-    for s in range(speakers):
-        for i in range(per_speaker):
-            path = f"spk{s}/utt{i}.wav"
-            write_wav(root / path, seconds=0.3, seed=s * 10 + i)
-            row = [path, LABELS[i % 4], f"hello number {i}", f"spk{s}"]
-            if split_column:
-                row.append("test" if s == 0 else "valid" if s == 1 else "train")
-            rows.append(row)
-    header = "path,emotion,transcript,speaker" + (",split" if split_column else "")
-    csv_path = root / "corpus.csv"
-    csv_path.write_text(header + "\n" + "\n".join(",".join(r) for r in rows) + "\n")
-    return csv_path, rows
 
 
 def read(path):
@@ -246,9 +228,10 @@ def test_progress_is_one_line_per_loop_off_a_terminal(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "\r" not in err
     lines = err.strip().splitlines()
-    assert len(lines) == 2
-    assert lines[0].startswith("checking audio: 20 files in ")
-    assert lines[1].startswith("converting to 16 kHz mono: 1 file in ")
+    assert len(lines) == 3
+    assert lines[0].startswith("digesting audio: 20 files in ")
+    assert lines[1].startswith("checking audio: 20 files in ")
+    assert lines[2].startswith("converting to 16 kHz mono: 1 file in ")
 
 
 def test_run_identity_carries_speaker_independence(tmp_path):
