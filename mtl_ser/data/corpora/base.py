@@ -50,7 +50,7 @@ from mtl_ser.data.manifest import (
     write_prepared,
 )
 from mtl_ser.data.protocols import SPLITS, speaker_folds
-from mtl_ser.data.text import NORMALIZATION_VERSION, normalize_transcript
+from mtl_ser.data.text import NORMALIZATION_VERSION, dropped_characters, normalize_transcript
 from mtl_ser.progress import Progress, track
 
 CONVERTED_FOLDER = "audio_16k"
@@ -217,12 +217,19 @@ def prepare_corpus(
     converted = _place_audio(records, roots, verbose, cache, previous)
     if converted:
         header.append(f"converted to 16 kHz mono under {CONVERTED_FOLDER}/: {len(converted)} files")
+    dropped_chars, dropped_in = Counter(), []
     for record in records:
         record["wrd"] = normalize_transcript(record["transcript"])
         # False when nothing is left after normalisation: kept for SER, skipped by WER/CTC.
         record["has_text"] = bool(record["wrd"])
+        lost = dropped_characters(record["transcript"])
+        if lost:
+            dropped_chars.update(lost)
+            dropped_in.append(record["id"])
     no_text = sum(not r["has_text"] for r in records)
     header.append(f"utterances with no text after normalisation (kept for SER, no WER): {no_text}")
+    if dropped_chars:
+        header.append(dropped_characters_line(dropped_chars, dropped_in))
 
     result = split(records)
     splits = {name: {r["id"]: _manifest_record(r) for r in result.splits[name]} for name in SPLITS}
@@ -235,6 +242,18 @@ def prepare_corpus(
     if verbose:
         print(summary)
     return paths
+
+
+def dropped_characters_line(counts: Counter, utterances: list[str], shown: int = 10) -> str:
+    """One line naming characters left out of CTC transcripts: each with its count (the
+    ``shown`` most frequent), how many utterances had any, and the first few of them."""
+    chars = ", ".join(f"{c!r} {n}" for c, n in counts.most_common(shown))
+    more = f" (+{len(counts) - shown} more kinds)" if len(counts) > shown else ""
+    examples = ", ".join(utterances[:3]) + (" ..." if len(utterances) > 3 else "")
+    return (
+        f"characters dropped from transcripts (not letters): {sum(counts.values())}: "
+        f"{chars}{more}; in {len(utterances)} utterance(s), e.g. {examples}"
+    )
 
 
 def _record_digests(records: list[dict], cache: DigestCache, verbose: bool) -> dict[str, str]:
