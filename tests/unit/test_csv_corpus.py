@@ -246,3 +246,21 @@ def test_run_identity_carries_speaker_independence(tmp_path):
     identity = run_identity(hparams, LabelSet.load(tmp_path / "out"))
     assert (identity["protocol"], identity["fold"], identity["folds"]) == ("csv", 1, 1)
     assert identity["speaker_independent"] is True
+
+
+def test_transcripts_in_other_languages_keep_their_letters(tmp_path, capsys):
+    root = tmp_path / "audio"
+    csv_path, rows = make_corpus(root)
+    text = csv_path.read_text().replace("hello number 1", '"Café naïve, über 3 Straße"')
+    csv_path.write_text(text.replace("hello number 2", "€5 grüße"))
+    paths = prepare_csv(csv_path, root, tmp_path / "out", verbose=True)
+    records = {k: v for p in paths.values() for k, v in read(p).items()}
+    assert records["spk0/utt1"]["wrd"] == "CAFÉ NAÏVE ÜBER STRAßE"
+    assert records["spk0/utt2"]["wrd"] == "GRÜßE"
+    line = (
+        # "hello number 0" and "hello number 3" drop their digits too.
+        "characters dropped from transcripts (not letters): 25: '3' 10, '0' 5, '€' 5, '5' 5; "
+        "in 20 utterance(s), e.g. spk0/utt0, spk0/utt1, spk0/utt2 ..."
+    )
+    assert line in (tmp_path / "out/summary.txt").read_text()
+    assert line in capsys.readouterr().out
