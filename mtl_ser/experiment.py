@@ -38,6 +38,7 @@ from mtl_ser.runlock import RunLock
 
 logger = logging.getLogger(__name__)
 
+logger = logging.getLogger(__name__)
 VOCAB_FILE = "vocab.json"
 COMMAND_LINE = "the command-line options"
 
@@ -220,20 +221,55 @@ def label_set_of(hparams: dict) -> LabelSet:
     return LabelSet.load(Path(hparams["train_annotation"]).parent)
 
 
-def experiment_vocabulary(output_folder: str | Path) -> CharVocabulary:
-    """The fixed CTC vocabulary, saved with the experiment; an experiment saved with another
-    vocabulary is refused (its checkpoints would not match)."""
-    vocab = CharVocabulary()
+def experiment_vocabulary(
+    output_folder: str | Path, train_annotation: str | Path, others: tuple = ()
+) -> CharVocabulary:
+    """The run's CTC vocabulary: the base set plus every other character of the training
+    transcripts (`CharVocabulary.from_transcripts`; English corpora give exactly the base
+    set), saved as ``vocab.json`` in the run folder. A run folder saved with another
+    vocabulary is refused (its checkpoints would not match).
+
+    Args:
+        output_folder: the run folder.
+        train_annotation: the training manifest (its ``wrd`` fields decide the set).
+        others: further manifests (valid, test): characters of theirs outside the set are
+            left out of their CTC targets, and counted in one logged line.
+
+    Returns: the vocabulary.
+    """
+    train = json.loads(Path(train_annotation).read_text())
+    vocab = CharVocabulary.from_transcripts(r.get("wrd") or "" for r in train.values())
     path = Path(output_folder) / VOCAB_FILE
     if path.is_file():
         saved = CharVocabulary.load(path)
         if saved != vocab:
+            differ = sorted(set(saved.characters) ^ set(vocab.characters))
             raise ValueError(
-                f"{path} holds another character vocabulary ({len(saved)} symbols) than this "
-                f"version of mtl_ser ({len(vocab)}); use a new output folder"
+                f"{path} holds another character vocabulary ({len(saved)} symbols) than the "
+                f"transcripts of {train_annotation} give ({len(vocab)}; differing: "
+                f"{''.join(differ[:20])!r}); use a new output folder"
             )
     elif sb.utils.distributed.if_main_process():
         vocab.save(path)
+    unknown, where = Counter(), []
+    for manifest in others:
+        for utt_id, record in json.loads(Path(manifest).read_text()).items():
+            missing = vocab.unknown(record.get("wrd") or "")
+            if missing:
+                unknown.update(missing)
+                where.append(utt_id)
+    if unknown:
+        chars = ", ".join(f"{c!r} {n}" for c, n in unknown.most_common(10))
+        logger.warning(
+            "CTC vocabulary (%d symbols, from %s) lacks characters of valid/test transcripts, "
+            "left out of their CTC targets: %d: %s; in %d utterance(s), e.g. %s",
+            len(vocab),
+            train_annotation,
+            sum(unknown.values()),
+            chars,
+            len(where),
+            ", ".join(where[:3]),
+        )
     return vocab
 
 

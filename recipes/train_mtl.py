@@ -55,11 +55,16 @@ def main(argv):
     # Manifests for this protocol and fold (skipped when already prepared alike).
     prepare_data(hparams)
 
-    # Class order from the manifests, the fixed character set from the code.
+    # Class order from the manifests; characters from the training transcripts.
     label_set = label_set_of(hparams)
     setting = claim_run_folder(hparams, setting_values)
-    vocab = experiment_vocabulary(hparams["output_folder"])
+    vocab = experiment_vocabulary(
+        hparams["output_folder"],
+        hparams["train_annotation"],
+        (hparams["valid_annotation"], hparams["test_annotation"]),
+    )
     hparams["emotion_head"].set_num_classes(len(label_set.classes))
+    hparams["ctc_head"].set_num_tokens(len(vocab))
     datasets = dataio_prep(hparams, label_set, vocab)
 
     brain = EmotionBrain(
