@@ -64,7 +64,8 @@ def main(argv):
         (hparams["valid_annotation"], hparams["test_annotation"]),
     )
     hparams["emotion_head"].set_num_classes(len(label_set.classes))
-    hparams["ctc_head"].set_num_tokens(len(vocab))
+    if "ctc_head" in hparams["modules"]:  # the CNN baseline has no CTC head
+        hparams["modules"]["ctc_head"].set_num_tokens(len(vocab))
     datasets = dataio_prep(hparams, label_set, vocab)
 
     brain = EmotionBrain(
