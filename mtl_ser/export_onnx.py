@@ -36,8 +36,17 @@ import torch
 from torch import nn
 
 import mtl_ser
+from mtl_ser.atomic import atomic_folder, check_folder
 from mtl_ser.data.labels import LabelSet
-from mtl_ser.export import EXPORT_FILE, LoadedModel, load_exported, load_run, model_card
+from mtl_ser.export import (
+    EXPORT_FILE,
+    LoadedModel,
+    check_export_target,
+    export_owner,
+    load_exported,
+    load_run,
+    model_card,
+)
 from mtl_ser.models.cnn import CNNEncoder
 from mtl_ser.models.ssl import SSLEncoder
 
@@ -165,22 +174,29 @@ def verify(graph: InferenceGraph, onnx_path: Path, waveforms: list[np.ndarray]) 
     }
 
 
-def export_onnx(source: str | Path, out_dir: str | Path, verbose: bool = True) -> Path:
+def export_onnx(
+    source: str | Path, out_dir: str | Path, verbose: bool = True, overwrite: bool = False
+) -> Path:
     """Writes an ONNX model folder (module docstring) from a finished training run or an
-    exported mtl_ser model folder.
+    exported mtl_ser model folder, whole: into a temporary sibling renamed into place
+    (`mtl_ser.atomic.atomic_folder`), as the other export formats.
 
     Raises OnnxExportError for a model that cannot be exported (naming why) or one whose
     ONNX Runtime probabilities differ from PyTorch's by more than `TOLERANCE`;
-    FileNotFoundError for a run without results.json.
+    FileNotFoundError for a run without results.json; OutputExistsError for an ``out_dir``
+    another export or the user made (unless ``overwrite``, which replaces it whole).
     """
     source = Path(source)
     if (source / EXPORT_FILE).is_file():
+        owner = export_owner(source, "onnx")
+        check_folder(out_dir, owner, overwrite)
         model = load_exported(source)
     else:
-        if not (source / "results.json").is_file():
-            raise FileNotFoundError(f"{source / 'results.json'} not found: export a finished run")
+        owner = check_export_target(source, out_dir, "onnx", overwrite)
         model = load_run(source)
-    return write_onnx_folder(model, out_dir, verbose)
+    with atomic_folder(out_dir, owner, overwrite) as tmp:
+        write_onnx_folder(model, tmp, verbose)
+    return Path(out_dir)
 
 
 def write_onnx_folder(model: LoadedModel, out_dir: str | Path, verbose: bool = True) -> Path:
