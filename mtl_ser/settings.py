@@ -35,6 +35,8 @@ import json
 import os
 from pathlib import Path
 
+from mtl_ser.data.fingerprint import file_digest
+
 SETTING_FILE = "setting.json"
 # The values that vary between replicates of one setting: the report and the sweep group
 # runs by the values without these (`group_key`).
@@ -211,21 +213,13 @@ def hparams_values(hparams_file: str | Path, overrides: str, config: dict, run_o
     return values
 
 
-def _file_digest(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
-
-
 def files_digest(paths: list[Path], root: Path | None = None) -> str:
     """sha256 (16 hex) over the names (relative to ``root``, else the file names) and the
     bytes of ``paths``, in name order."""
     named = sorted((str(p.relative_to(root)) if root else p.name, p) for p in paths)
     sha = hashlib.sha256()
     for name, path in named:
-        sha.update(f"{name}\0{_file_digest(path)}\n".encode())
+        sha.update(f"{name}\0{file_digest(path)}\n".encode())
     return sha.hexdigest()[:16]
 
 
@@ -276,7 +270,7 @@ def data_values(hparams: dict) -> dict:
     manifests = [Path(hparams[f"{s}_annotation"]) for s in ("train", "valid", "test")]
     sha = hashlib.sha256()
     for split, path in zip(("train", "valid", "test"), manifests, strict=True):
-        sha.update(f"{split}\0{_file_digest(path)}\n".encode())
+        sha.update(f"{split}\0{file_digest(path)}\n".encode())
     values = {"manifests_digest": sha.hexdigest()[:16]}
     if "encoder_source" in hparams:
         values["encoder_weights_digest"] = encoder_weights_digest(

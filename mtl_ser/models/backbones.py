@@ -285,8 +285,9 @@ def _instantiate(backbone: Backbone, config):
     return backbone.cls("model")(config)
 
 
-def checkpoint_normalizes(source: str, save_path: str | None = None) -> bool | None:
-    """``do_normalize`` of the checkpoint's preprocessor_config.json, or None without one."""
+def preprocessor_config(source: str, save_path: str | None = None) -> dict | None:
+    """The checkpoint's preprocessor_config.json (a folder's, or the hub cache's), or None
+    without one."""
     path = Path(source) / "preprocessor_config.json"
     if not Path(source).is_dir():
         path = transformers.utils.cached_file(
@@ -297,4 +298,10 @@ def checkpoint_normalizes(source: str, save_path: str | None = None) -> bool | N
         )
     if path is None or not Path(path).is_file():
         return None
-    return bool(json.loads(Path(path).read_text()).get("do_normalize", False))
+    return json.loads(Path(path).read_text())
+
+
+def checkpoint_normalizes(source: str, save_path: str | None = None) -> bool | None:
+    """``do_normalize`` of the checkpoint's preprocessor_config.json, or None without one."""
+    config = preprocessor_config(source, save_path)
+    return None if config is None else bool(config.get("do_normalize", False))

@@ -27,9 +27,7 @@ Whisper's own feature extractor does.
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 
 import torch
 import transformers
@@ -164,20 +162,14 @@ def read_front_end(source: str, save_path: str | None = None) -> dict:
 
     Raises ValueError naming the checkpoint when it has none (its mel settings are unknown).
     """
-    path = Path(source) / "preprocessor_config.json"
-    if not Path(source).is_dir():
-        path = transformers.utils.cached_file(
-            source,
-            "preprocessor_config.json",
-            cache_dir=save_path,
-            _raise_exceptions_for_missing_entries=False,
-        )
-    if path is None or not Path(path).is_file():
+    from mtl_ser.models.backbones import preprocessor_config
+
+    saved = preprocessor_config(source, save_path)
+    if saved is None:
         raise ValueError(
             f"{source!r} has no preprocessor_config.json, so its log-mel settings are unknown: "
             "save the checkpoint's WhisperFeatureExtractor beside it (save_pretrained)"
         )
-    saved = json.loads(Path(path).read_text())
     return {key: saved.get(key, DEFAULT_FRONT_END[key]) for key in FRONT_END_KEYS}
 
 
