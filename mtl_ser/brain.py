@@ -209,7 +209,9 @@ class EmotionBrain(sb.Brain):
         self._epoch_lines = False  # one summary line per epoch instead of progress bars
         self.stage_seconds: dict = {}
         if if_main_process():  # how to rebuild the model offline (mtl-ser export / predict)
-            write_model_spec(self.hparams.output_folder, self.modules, self.labels, vocab)
+            write_model_spec(
+                self.hparams.output_folder, self.modules, self.labels, vocab, self.tasks
+            )
 
     def _attach_tasks(self) -> None:
         """Builds the configured tasks (`mtl_ser.tasks`), their heads (added to the modules

@@ -26,6 +26,9 @@ from mtl_ser.data.pipelines import EVAL_ORDERS, SORTINGS
 from mtl_ser.data.protocols import PROTOCOL_FOLDS
 from mtl_ser.models.heads import POOLINGS
 from mtl_ser.models.objective import CTC_REDUCTIONS
+from mtl_ser.tasks import configured_tasks, parse_metric
+from mtl_ser.tasks.balance import CLASS_WEIGHTINGS
+from mtl_ser.tasks.weighting import TASK_WEIGHTINGS
 
 
 class ConfigError(ValueError):
@@ -136,6 +139,10 @@ RULES: dict[str, Rule] = {
     "layerdrop": optional(number(0.0, 1.0)),
     "padding_aware": boolean,
     "gradient_checkpointing": boolean,
+    "task_weighting": choice(*TASK_WEIGHTINGS),
+    "class_weighting": choice(*CLASS_WEIGHTINGS),
+    "class_weighting_beta": number(0.0, 1.0),
+    "sampling": choice("natural", "class_balanced"),
 }
 # SpeechBrain run options: a command-line value wins over the hparams file's.
 RUN_OPTIONS = ("grad_accumulation_factor", "max_grad_norm", "nonfinite_patience", "precision")
@@ -200,12 +207,25 @@ def check_hparams(
                     f"{_flag(key, effective[key], cli_keys)}: {key} must be {allowed}"
                 )
     _check_fold(effective, cli_keys)
+    _check_tasks(effective)
     _check_encoder_cache(effective)
     _check_workers(effective)
     _check_distributed(effective, run_opts)
     _check_data(effective)
     _check_writable(Path(effective["output_folder"]))
     return config
+
+
+def _check_tasks(config: dict) -> None:
+    """The ``tasks`` mapping builds (known kinds and options, CTC weight from alpha) and
+    ``selection_metric`` names one of its tasks."""
+    from mtl_ser.data.text import CharVocabulary
+
+    try:
+        tasks = configured_tasks(config, CharVocabulary())
+        parse_metric(config.get("selection_metric", "emotion/ua"), tasks)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _check_fold(config: dict, cli_keys: set[str]) -> None:

@@ -32,7 +32,8 @@ def collect_audio_files(inputs: list[str | Path]) -> list[Path]:
 
 def rows(predictions: list[Prediction], labels: tuple[str, ...]) -> list[dict]:
     """Flat rows: path, emotion, p_<class>..., transcript, duration, windows,
-    window_emotions (``;``-separated), error."""
+    window_emotions (``;``-separated), error, then the other tasks' predictions
+    (``<task>_<dimension>``; ``<task>``, ``<task>_p_<class>``...)."""
     out = []
     for p in predictions:
         row = {"path": p.path, "emotion": p.emotion}
@@ -44,6 +45,7 @@ def rows(predictions: list[Prediction], labels: tuple[str, ...]) -> list[dict]:
             window_emotions=";".join(w.emotion for w in p.windows),
             error=p.error,
         )
+        row.update(_task_cells(p.tasks))
         out.append(row)
     return out
 
@@ -59,7 +61,9 @@ def write_predictions(
     table = rows(predictions, labels)
     handle = open(output, "w", newline="") if output else sys.stdout
     try:
-        writer = csv.DictWriter(handle, fieldnames=list(table[0]) if table else ["path"])
+        # Every row's columns (a failed file has no task columns).
+        fields = list(dict.fromkeys(k for row in table for k in row)) or ["path"]
+        writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(table)
     finally:
@@ -91,3 +95,17 @@ def write_embeddings(embeddings: list[Embedding], output: str | Path) -> list[Pa
     np.save(output, matrix)
     ids.write_text("".join(f"{p}\n" for p in paths))
     return [output, ids]
+
+
+def _task_cells(tasks: dict) -> dict:
+    """A recording's other-task predictions as flat columns."""
+    cells = {}
+    for name, value in tasks.items():
+        for key, v in value.items():
+            if key == "label":
+                cells[name] = v
+            elif isinstance(v, dict):
+                cells.update({f"{name}_p_{c}": p for c, p in v.items()})
+            else:
+                cells[f"{name}_{key}"] = v
+    return cells

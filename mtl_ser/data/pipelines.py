@@ -43,6 +43,7 @@ from mtl_ser.data.labels import LabelSet
 from mtl_ser.data.manifest import ManifestError, check_min_duration, load_manifest
 from mtl_ser.data.sampler import LengthGroupedBatchSampler
 from mtl_ser.data.text import CharVocabulary
+from mtl_ser.tasks import task_columns
 
 OUTPUT_KEYS = [
     "id",
@@ -131,6 +132,7 @@ def add_pipelines(
     train: bool = False,
     encoder_cache: EncoderCache | None = None,
     item_seeds: ItemSeeds | None = None,
+    columns: list[str] = (),
 ) -> None:
     """Attaches the dynamic items described in the module docstring.
 
@@ -147,6 +149,8 @@ def add_pipelines(
             whole (the cache refuses ``max_len``).
         item_seeds: crops and augmentation draw from generators seeded per utterance and
             epoch (`ItemSeeds`); None: from the process's generators.
+        columns: further manifest columns passed through as static keys (the configured
+            tasks' targets, `mtl_ser.tasks.task_columns`).
     """
 
     # The draws of one utterance (by id: a moved corpus crops alike): seeded for it alone,
@@ -200,7 +204,43 @@ def add_pipelines(
 
     for pipeline in (encoder_input, emotion, text):
         dataset.add_dynamic_item(pipeline)
-    dataset.set_output_keys(OUTPUT_KEYS + [key])
+    for column in columns:
+        dataset.add_dynamic_item(_column_item(column))
+    dataset.set_output_keys(OUTPUT_KEYS + [key] + [column_key(c) for c in columns])
+
+
+def column_key(column: str) -> str:
+    """The batch key of a task's manifest column (`mtl_ser.tasks.base.batch_column`)."""
+    return f"column_{column}"
+
+
+def _column_item(column: str):
+    """A manifest column as text ("" when missing): numbers and missing values do not
+    collate into one tensor, and each task parses its own."""
+
+    @sb.utils.data_pipeline.takes(column)
+    @sb.utils.data_pipeline.provides(column_key(column))
+    def item(value):
+        return "" if value is None else str(value)
+
+    return item
+
+
+def check_task_columns(dataset: DynamicItemDataset, columns: list[str], name: str) -> None:
+    """The tasks' manifest columns: a column no record has is an error naming it (a task
+    configured for a manifest that lacks its targets); records without it get None (their
+    task skips them)."""
+    for column in columns:
+        having = sum(column in record for record in dataset.data.values())
+        if not having:
+            raise ManifestError(
+                f"{name}: no record has the column {column!r} that a configured task reads: "
+                "re-prepare the corpus (IEMOCAP, MSP-Podcast and CSV corpora write A/V/D and "
+                "gender) or remove the task from tasks:"
+            )
+        if having < len(dataset.data):
+            for record in dataset.data.values():
+                record.setdefault(column, None)
 
 
 def check_labels(dataset: DynamicItemDataset, label_set: LabelSet, name: str) -> None:
@@ -247,10 +287,12 @@ def dataio_prep(hparams: dict, label_set: LabelSet, vocab: CharVocabulary) -> di
         )
     datasets = {}
     item_seeds = ItemSeeds(hparams["seed"])
+    columns = task_columns(hparams)
     for split in ("train", "valid", "test"):
         dataset = load_dataset(hparams[f"{split}_annotation"], hparams["data_folder"])
         check_labels(dataset, label_set, hparams[f"{split}_annotation"])
         check_min_duration(dataset.data, hparams[f"{split}_annotation"])
+        check_task_columns(dataset, columns, hparams[f"{split}_annotation"])
         max_len = hparams["max_len"] if split == "train" else None
         add_pipelines(
             dataset,
@@ -261,6 +303,7 @@ def dataio_prep(hparams: dict, label_set: LabelSet, vocab: CharVocabulary) -> di
             train=split == "train",
             encoder_cache=None if split == "test" else hparams["encoder_cache"],
             item_seeds=item_seeds if split == "train" else None,
+            columns=columns,
         )
         datasets[split] = dataset
     assert_test_is_held_out(datasets)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from mtl_ser.metrics import classification_metrics
-from mtl_ser.tasks.base import Task, TaskContext, TaskLog, masked_mean_loss
+from mtl_ser.tasks.base import Task, TaskContext, TaskLog, batch_column, masked_mean_loss
 from mtl_ser.tasks.heads_common import pooled_head
 
 
@@ -50,7 +50,7 @@ class SpeakerAttributeTask(Task):
 
     def targets(self, batch):
         index = {c: i for i, c in enumerate(self.classes)}
-        ids = [index.get(None if v is None else str(v), -1) for v in getattr(batch, self.column)]
+        ids = [index.get(v, -1) for v in batch_column(batch, self.column)]
         target = torch.tensor(ids, dtype=torch.long, device=batch.emo_encoded.data.device)
         return target, target >= 0
 
@@ -65,15 +65,16 @@ class SpeakerAttributeTask(Task):
     def export_info(self):
         return {"kind": "speaker_attribute", "classes": list(self.classes)}
 
-    def predict(self, output, frame_lens, info, vocab=None):
-        probs = torch.softmax(output.float(), dim=-1)
-        return [
-            {
-                "label": info["classes"][int(p.argmax())],
-                "probabilities": dict(zip(info["classes"], map(float, p), strict=True)),
-            }
-            for p in probs
-        ]
+    @staticmethod
+    def window_values(output):
+        return torch.softmax(output.float(), dim=-1)
+
+    @staticmethod
+    def describe_values(values, info):
+        return {
+            "label": info["classes"][int(values.argmax())],
+            "probabilities": {c: float(p) for c, p in zip(info["classes"], values, strict=True)},
+        }
 
     def describe(self):
         return {**super().describe(), "column": self.column, "classes": list(self.classes)}

@@ -42,6 +42,12 @@ class TaskContext:
     train_records: dict | None = None
 
 
+def batch_column(batch, column: str) -> list[str]:
+    """A task's manifest column in a batch: one string per utterance ("" when missing);
+    the data pipeline passes every column of ``Task.columns`` (`column_key`)."""
+    return list(getattr(batch, f"column_{column}"))
+
+
 def masked_mean_loss(per_utt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The batch loss of per-utterance losses where only some utterances have targets.
 
@@ -144,6 +150,14 @@ class Task:
         task that export does not carry beyond the model spec's own keys."""
         return None
 
-    def predict(self, output, frame_lens, info: dict, vocab=None) -> list:
-        """Per-utterance predictions of an exported model (JSON-serialisable)."""
+    @staticmethod
+    def window_values(output: torch.Tensor) -> torch.Tensor:
+        """An exported model's per-window values ``[B, K]`` from the head's output; predict
+        averages them over a recording's windows (weighted by length)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def describe_values(values: torch.Tensor, info: dict) -> dict:
+        """A recording's prediction (JSON-serialisable) from its averaged ``[K]`` values
+        and the task's `export_info`."""
         raise NotImplementedError

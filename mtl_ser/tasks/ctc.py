@@ -81,9 +81,3 @@ class CTCTask(Task):
 
     def describe(self):
         return {**super().describe(), **self.objective.describe()}
-
-    def export_info(self):
-        return {"kind": "ctc"}
-
-    def predict(self, output, frame_lens, info, vocab=None):
-        return [{"transcript": t} for t in self.greedy(output, frame_lens)]

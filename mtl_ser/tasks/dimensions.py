@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mtl_ser.tasks.base import Task, TaskContext, TaskLog
+from mtl_ser.tasks.base import Task, TaskContext, TaskLog, batch_column
 from mtl_ser.tasks.heads_common import pooled_head
 
 DIMENSIONS = ("arousal", "valence", "dominance")
@@ -58,7 +58,7 @@ class DimensionsTask(Task):
 
     def targets(self, batch):
         values = torch.tensor(
-            [[_number(x) for x in getattr(batch, d)] for d in self.dimensions],
+            [[_number(x) for x in batch_column(batch, d)] for d in self.dimensions],
             dtype=torch.float32,
         ).T  # [B, K]
         values = values.to(batch.emo_encoded.data.device)
@@ -78,8 +78,13 @@ class DimensionsTask(Task):
     def export_info(self):
         return {"kind": "dimensions", "dimensions": list(self.dimensions)}
 
-    def predict(self, output, frame_lens, info, vocab=None):
-        return [dict(zip(info["dimensions"], map(float, row), strict=True)) for row in output]
+    @staticmethod
+    def window_values(output):
+        return output.float()
+
+    @staticmethod
+    def describe_values(values, info):
+        return {d: float(v) for d, v in zip(info["dimensions"], values, strict=True)}
 
     def describe(self):
         return {**super().describe(), "dimensions": list(self.dimensions)}
