@@ -778,7 +778,7 @@ class EmotionBrain(sb.Brain):
             "CER": metrics["cer"],
         }
         # The other tasks' metrics by name (dimensions/ccc_mean, gender/accuracy, ...).
-        for name, values in metrics.get("tasks", {}).items():
+        for name, values in metrics.get("by_task", {}).items():
             stats.update({f"{name}/{k}": v for k, v in values.items() if k != "num_utterances"})
         if stage == sb.Stage.VALID:
             self._end_of_epoch(epoch, stats)

@@ -101,7 +101,7 @@ class PredictionLog:
             out["cer" + suffix] = rates.get("cer")
             out["num_wer_utterances" + suffix] = len(subset) if has_ctc else 0
         if self.task_logs:
-            out["tasks"] = {name: log.metrics() for name, log in self.task_logs.items()}
+            out["by_task"] = {name: log.metrics() for name, log in self.task_logs.items()}
         return out
 
     def write_csv(self, path: str | Path) -> None:

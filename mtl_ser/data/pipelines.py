@@ -37,6 +37,7 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.sampler import DynamicBatchSampler
 
 from mtl_ser.data.audio import SAMPLE_RATE, load_audio
+from mtl_ser.data.balanced_sampler import ClassBalancedBatchSampler
 from mtl_ser.data.encoder_cache import EncoderCache
 from mtl_ser.data.feature_cache import FeatureSource
 from mtl_ser.data.labels import LabelSet
@@ -369,7 +370,8 @@ def train_loader_options(hparams: dict, train_data: DynamicItemDataset, device="
     - ``ascending`` / ``descending``: consecutive utterances of the sorted set;
 
     or, with ``dynamic_batching: True`` (which replaces ``sorting``), length-bucketed
-    batches of at most ``max_batch_length`` seconds (after cropping to ``max_len``).
+    batches of at most ``max_batch_length`` seconds (after cropping to ``max_len``); or,
+    with ``sampling: class_balanced``, `ClassBalancedBatchSampler` (grouped like ``grouped``).
     """
     options = worker_options(hparams, hparams["train_dataloader_opts"], device)
     batch_size = options.pop("batch_size")
@@ -384,6 +386,18 @@ def train_loader_options(hparams: dict, train_data: DynamicItemDataset, device="
             shuffle=True,
             batch_ordering="random",
             seed=hparams["seed"],
+        )
+        return {**options, "batch_sampler": sampler}
+    if hparams.get("sampling", "natural") == "class_balanced":
+        if hparams["dynamic_batching"] or hparams["sorting"] != "grouped":
+            raise ValueError(
+                "sampling: class_balanced groups batches by length itself: it needs "
+                "sorting: grouped and dynamic_batching: False"
+            )
+        lengths = [min(train_data.data[i]["duration"], max_len) for i in train_data.data_ids]
+        labels = [train_data.data[i]["emo"] for i in train_data.data_ids]
+        sampler = ClassBalancedBatchSampler(
+            lengths, labels, batch_size, pool=hparams["group_pool"], seed=hparams["seed"]
         )
         return {**options, "batch_sampler": sampler}
     if hparams["sorting"] == "grouped":

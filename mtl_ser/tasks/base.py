@@ -139,7 +139,7 @@ class Task:
 
     def metric_values(self, metrics: dict) -> dict:
         """This task's metrics ``{metric: value}`` out of `PredictionLog.metrics`."""
-        return metrics.get("tasks", {}).get(self.name, {})
+        return metrics.get("by_task", {}).get(self.name, {})
 
     def describe(self) -> dict:
         """The task's settings for results.json."""
