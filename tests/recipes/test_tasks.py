@@ -22,8 +22,11 @@ def four_task_run(demo_corpus, tmp_path_factory):
         "mtl.yaml",
         demo_corpus,
         out,
-        "--number_of_epochs=2",
+        "--number_of_epochs=1",
+        "--max_len=1.5",  # crops: a short run (CTC scores the uncropped utterances only)
         "--task_weighting=uncertainty",
+        "--class_weighting=inverse_frequency",
+        "--sampling=class_balanced",
         "--selection_metric=dimensions/ccc_mean",
         overrides=(TINY, ALL_TASKS),
     )
@@ -33,6 +36,11 @@ def four_task_run(demo_corpus, tmp_path_factory):
 def test_a_four_task_run_writes_every_tasks_metrics(four_task_run):
     results = read_json(four_task_run / "results.json")
     assert set(results["tasks"]) == {"emotion", "ctc", "dimensions", "gender"}
+    assert results["tasks"]["gender"]["classes"] == ["F", "M"]
+    assert results["class_weighting"] == "inverse_frequency"
+    counts = results["tasks"]["emotion"]["train_class_counts"]
+    weights = results["class_weights"]
+    assert sum(n * w for n, w in zip(counts, weights, strict=True)) == pytest.approx(sum(counts))
     metrics = results["task_metrics"]
     assert 0.0 <= metrics["emotion"]["ua"] <= 1.0 and metrics["ctc"]["cer"] is not None
     dims = metrics["dimensions"]
