@@ -293,3 +293,40 @@ def test_task_configuration_errors_name_the_problem():
     assert parse_metric("ctc/cer", tasks)[2] is False  # lower is better
     with pytest.raises(ValueError, match="selection_metric 'dimensions/ccc_mean'"):
         parse_metric("dimensions/ccc_mean", tasks)
+
+
+def test_class_balanced_batches_draw_classes_equally_and_stay_length_grouped():
+    from mtl_ser.data.balanced_sampler import ClassBalancedBatchSampler
+    from mtl_ser.data.sampler import LengthGroupedBatchSampler, padding_share
+
+    generator = torch.Generator().manual_seed(0)
+    lengths = (torch.rand(1000, generator=generator) * 10 + 0.5).tolist()
+    labels = ["neu"] * 700 + ["ang"] * 200 + ["sad"] * 100
+    sampler = ClassBalancedBatchSampler(lengths, labels, 8, pool=50, seed=1)
+    batches = sampler.batches()
+    drawn = [labels[i] for b in batches for i in b]
+    assert len(drawn) == 1000
+    shares = {c: drawn.count(c) / len(drawn) for c in ("neu", "ang", "sad")}
+    assert all(0.27 < s < 0.40 for s in shares.values()), shares
+    grouped = padding_share(batches, lengths)
+    random_batches = LengthGroupedBatchSampler(lengths, 8, pool=1, seed=1).batches()
+    assert grouped < padding_share(random_batches, lengths) / 4
+    sampler.set_epoch(2)
+    assert sampler.batches() != batches  # another epoch, other draws
+
+
+def test_iemocap_label_lines_give_the_annotators_mean_dimensions(tmp_path):
+    from mtl_ser.data.iemocap import read_label_dimensions
+
+    path = tmp_path / "Ses01F_impro01.txt"
+    path.write_text(
+        "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"
+        "[6.2901 - 8.2357]\tSes01F_impro01_F000\tneu\t[2.5000, 2.0000, 3.5000]\n"
+        "C-E2:\tNeutral;\t()\n"
+        "[10.0 - 11.0]\tSes01F_impro01_M000\tang\t[1.5, 4.0, 4.5]\n"
+    )
+    assert read_label_dimensions(path) == {
+        # The bracket is valence, activation (arousal), dominance.
+        "Ses01F_impro01_F000": (2.5, 2.0, 3.5),
+        "Ses01F_impro01_M000": (1.5, 4.0, 4.5),
+    }
