@@ -5,12 +5,15 @@ One class serves the multi-task recipe, the SER-only baseline (``alpha: 0`` and 
 head) and the CNN baseline (another ``encoder`` module); configuration decides which.
 
 Modules (``hparams["modules"]``): ``encoder`` (waveforms, or the features the data pipeline
-computes when ``features`` is configured -> ``[B, T, D]`` + frame counts), ``emotion_head``
-and, when ``alpha > 0``, ``ctc_head``.
+computes when ``features`` is configured -> ``[B, T, D]`` + frame counts) and the heads of
+the configured tasks (``tasks``, `mtl_ser.tasks`: by default ``emotion_head`` and, when
+``alpha > 0``, ``ctc_head``; other tasks build theirs). The Brain loops over the tasks for
+the forward pass, the losses (combined by ``task_weighting``), the stage sums and the
+metrics, and never names one.
 
-Checkpoints are chosen on *validation* UA only (or, with ``checkpoint_selection: last``, the
-last epoch). The test set is evaluated once, after training, from the chosen checkpoint;
-saving a checkpoint after the test pass is an error.
+Checkpoints are chosen on *validation* ``selection_metric`` only (UA by default; or, with
+``checkpoint_selection: last``, the last epoch). The test set is evaluated once, after
+training, from the chosen checkpoint; saving a checkpoint after the test pass is an error.
 
 Optimisation differs from ``sb.Brain`` where SpeechBrain 1.1 changes the science:
 - gradient accumulation applies every batch: the last, shorter window of an epoch is
@@ -192,7 +195,7 @@ class EmotionBrain(sb.Brain):
             # Planned on the bare encoder (before any DDP wrapping), with the heads that
             # remain (no CTC head at alpha = 0): they decide which hidden layers are stored.
             self._bare_encoder = self.modules.encoder
-            heads = [module for name, module in self.modules.items() if name != "encoder"]
+            heads = [self.modules[task.head_module] for task in self.tasks]
             self.encoder_cache.plan(self._bare_encoder, heads)
         self._cache_datasets: list = []
         self.batches_per_epoch = None
