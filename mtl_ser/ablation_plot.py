@@ -1,14 +1,21 @@
 """The alpha-ablation figure of `mtl-ser report`: UA / WA and WER against alpha.
 
-Split from report.py, which builds the rows (`report.Row`) this module draws.
+Draws the rows `mtl_ser.report_rows` builds (report.py calls it; it imports nothing of
+report.py).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from mtl_ser import paired
-from mtl_ser.report import METRIC_NAMES, PERCENT, Row, alpha_text, varying_details
+from mtl_ser.report_rows import (
+    METRIC_NAMES,
+    PERCENT,
+    Row,
+    alpha_text,
+    setting_text,
+    varying_details,
+)
 
 
 def plot_alpha_ablation(rows: list[Row], path: str | Path) -> Path:
@@ -18,7 +25,8 @@ def plot_alpha_ablation(rows: list[Row], path: str | Path) -> Path:
     squares. Positive alphas lie on a log axis; alpha = 0 cannot, so it gets its own narrow
     axis on the left, labelled "0", set off by break marks, and a dotted line carries its mean
     across the log axis as the baseline to beat. Points of one alpha are nudged sideways so
-    that error bars do not hide each other. Error bars: sample std over the row's runs.
+    that error bars do not hide each other. Error bars: sample std over folds of the per-fold
+    means (`Row.stats`).
 
     Returns: the path.
     """
@@ -26,11 +34,11 @@ def plot_alpha_ablation(rows: list[Row], path: str | Path) -> Path:
 
     from mtl_ser import plots  # noqa: F401  (selects the file-only matplotlib backend)
 
-    # One series per recipe, protocol and the details that vary (learning rates apart: with
-    # `sweep --alpha0-lr`, alpha = 0 runs at another rate belong to the same curve).
+    # One series per recipe, protocol and the setting keys that vary (learning rates apart:
+    # with `sweep --alpha0-lr`, alpha = 0 runs at another rate belong to the same curve).
     details = [f for f in varying_details(rows) if not f.startswith("lr_")]
     label_of = {
-        id(r): " ".join([r.recipe, r.protocol, paired.setting_text(r.setting, details)]).strip()
+        id(r): " ".join([r.recipe, r.protocol, setting_text(r.setting, details)]).strip()
         for r in rows
     }
     series = sorted(set(label_of.values()))
@@ -140,7 +148,7 @@ def plot_alpha_ablation(rows: list[Row], path: str | Path) -> Path:
             handles.values(), handles.keys(), fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1)
         )
     fig.suptitle(
-        "alpha ablation: mean ± sample std over the runs (folds x seeds) of each point; "
+        "alpha ablation: mean ± sample std over folds (seeds of a fold averaged) of each point; "
         "dotted: alpha = 0; k/n: only k of n folds found",
         fontsize=9,
     )

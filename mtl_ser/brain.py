@@ -307,6 +307,7 @@ class EmotionBrain(sb.Brain):
                 references=batch.wrd,
                 has_text=[bool(x) for x in batch.has_text],
                 scripted=[None if x is None else bool(x) for x in batch.scripted],
+                speakers=getattr(batch, "spk", None),
                 **fields,
             )
         return total

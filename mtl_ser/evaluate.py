@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 import mtl_ser
+from mtl_ser.atomic import atomic_folder, check_folder
 from mtl_ser.data.labels import LabelSet
 from mtl_ser.data.manifest import OPTIONS_FILE, load_manifest, read_split_info
 from mtl_ser.data.protocols import PROTOCOL_FOLDS
@@ -91,6 +92,7 @@ def _manifest_items(path: Path, data_folder) -> tuple[list[dict], list[str], dic
             "wrd": r.get("wrd", ""),
             "has_text": bool(r.get("has_text", r.get("wrd"))),
             "scripted": r.get("scripted"),
+            "speaker": r.get("spk"),
         }
         for utt_id, r in sorted(records.items())
     ]
@@ -203,8 +205,10 @@ def evaluate(
     batch_size: int = 8,
     device: str = "cpu",
     verbose: bool = True,
+    overwrite: bool = False,
 ) -> dict:
-    """Scores a model on a labelled set and writes a recipe's test outputs (module docstring).
+    """Scores a model on a labelled set and writes a recipe's test outputs (module docstring)
+    into ``output`` whole (a temporary sibling renamed into place).
 
     Args:
         model_path: an exported model folder or a training run folder.
@@ -220,14 +224,23 @@ def evaluate(
         on_error: "fail" or "skip" bad CSV rows and files that cannot be scored.
         batch_size, device: for the model.
         verbose: progress and a summary line.
+        overwrite: replace an ``output`` folder that holds anything but an earlier
+            evaluation of the same model on the same data (never a training run folder).
 
-    Returns: the results dict written to results.json.
+    Returns: the results dict written to results.json. Raises OutputExistsError (before any
+    work) for an ``output`` it may not replace.
     """
     from mtl_ser.inference import load_model
     from mtl_ser.progress import Progress
 
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+    owner = {
+        "command": "evaluate",
+        "model": str(Path(model_path).resolve()),
+        "data": str(Path(data).resolve()),
+    }
+    check_folder(output, owner, overwrite)
     items, errors, facts = read_items(data, data_folder, audio_root)
     # The whole utterance at once, as in a recipe's test pass.
     recognizer = load_model(model_path, window=math.inf, device=device)
@@ -263,6 +276,7 @@ def evaluate(
                 None if not recognizer.has_ctc else [p.transcript or "" for _, p in done],
                 [i["has_text"] for i, _ in done],
                 [i["scripted"] for i, _ in done],
+                speakers=[i.get("speaker") for i, _ in done],
             )
     if errors and on_error == "fail":
         raise ValueError(
@@ -306,8 +320,8 @@ def evaluate(
         },
     }
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    results = write_run_outputs(output, identity, log, [])
+    with atomic_folder(output, owner, overwrite) as tmp:
+        results = write_run_outputs(tmp, identity, log, [])
     if verbose:
         dropped = sum(excluded.values())
         print(

@@ -1,77 +1,58 @@
 """Paired comparisons of settings for `mtl-ser report`: is "alpha 0.1 beats alpha 0" real?
 
-Two settings are compared when their runs share test sets: runs with the same protocol,
-fold and seed (a *unit*) test on the same utterances, so each unit gives a paired difference.
-Settings are the values of `SETTING_FIELDS`; two settings are paired when they differ in
-exactly one field (e.g. alpha) and use the same label set. For each pair and metric:
+Two settings (`mtl_ser.report_rows.setting_key`) are compared when their runs share test
+sets: runs with the same protocol and fold test on the same utterances. Settings are paired
+when they differ in exactly one key of their recorded setting (e.g. alpha, or pooling; or in
+alpha and the learning rates together: Cai et al. trained alpha = 0 at another rate,
+`sweep --alpha0-lr`) and use the same label set. For each pair and metric:
 
-- per unit: the difference second - first of WA, UA, macro-F1 and WER (from results.json),
-  its mean and sample std, a paired t-test and a Wilcoxon signed-rank test (two-sided; with
-  n units the smallest Wilcoxon p is 2 / 2^n, e.g. 0.0625 for 5 folds);
-- pooled over the shared units' utterances (from predictions.csv): WA, UA and WER of each
-  setting and the difference, with a 95% paired bootstrap confidence interval: utterances
-  are resampled with replacement, the same draw for both settings.
+- per fold (the unit of the tests): the difference second - first of WA, UA, macro-F1 and
+  WER (from results.json), each setting's value first averaged over the seeds both have in
+  that fold (seeds of a fold test the same utterances and speakers, so they are one unit,
+  not independent ones); the mean and sample std over folds, a paired t-test and a Wilcoxon
+  signed-rank test (two-sided; with n folds the smallest Wilcoxon p is 2 / 2^n, e.g. 0.0625
+  for 5 folds);
+- pooled over the shared runs' utterances (from predictions.csv): WA, UA and WER of each
+  setting and the difference, with a 95% paired cluster-bootstrap confidence interval
+  (`mtl_ser.stats.cluster_bootstrap`): speakers are resampled with replacement within each
+  fold, all their utterances of every seed together, the same draw for both settings.
+  predictions.csv files without a ``speaker`` column (older runs) fall back to the utterance
+  as the cluster (its copies in the seeds of a fold still together), and the report says so.
 
-Kept apart from report.py's grouping (which decides what is averaged) on purpose: pairing
-asks a different question of the same runs.
+Kept apart from the grouping (which decides what is averaged) on purpose: pairing asks a
+different question of the same runs.
 """
 
 from __future__ import annotations
 
 import csv
 import itertools
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from mtl_ser.report_rows import setting_key, setting_text, setting_values, value_text
 from mtl_ser.results import PREDICTIONS_FILE
+from mtl_ser.stats import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, cluster_bootstrap
 
-# What makes a setting: runs that differ in any of these are never averaged together
-# (report.py groups by them) and pairs differ in exactly one (or in alpha and the learning
-# rates together: Cai et al. trained alpha = 0 at another rate, `sweep --alpha0-lr`).
-SETTING_FIELDS = (
-    "recipe",
-    "alpha",
-    "encoder",
+# The per-run keys `mtl-ser evaluate` copies from the trained run into its results.json.
+DETAIL_FIELDS = (
     "lr_encoder",
     "lr_heads",
     "ctc_reduction",
     "ctc_sum_utterances",
     "checkpoint_selection",
 )
-# Shown only when they vary (the rest of a setting's text is always shown).
-DETAIL_FIELDS = SETTING_FIELDS[3:]
+# A pair may differ in alpha and these together (`sweep --alpha0-lr`).
 ALPHA_WITH_RATES = {"alpha", "lr_encoder", "lr_heads"}
-UNIT_FIELDS = ("protocol", "fold", "seed")
 FOLD_METRICS = ("wa", "ua", "macro_f1", "wer")
 POOLED_METRICS = ("wa", "ua", "wer")
-BOOTSTRAP_SAMPLES = 2000
-BOOTSTRAP_SEED = 0
+# Fewer speakers than this in a fold: the bootstrap interval is said to be too narrow.
+FEW_CLUSTERS = 5
 NAMES = {"wa": "WA", "ua": "UA", "macro_f1": "macro-F1", "wer": "WER"}
-
-
-def setting_of(run: dict) -> tuple:
-    """The values of SETTING_FIELDS of a run (numbers as floats; None where a run of an
-    older mtl-ser did not record a field)."""
-    return tuple(
-        float(run[f])
-        if isinstance(run.get(f), int | float) and not isinstance(run.get(f), bool)
-        else run.get(f)
-        for f in SETTING_FIELDS
-    )
-
-
-def setting_text(setting: tuple, fields=SETTING_FIELDS) -> str:
-    """``name=value`` for ``fields`` of a setting (numbers in %g; unrecorded details,
-    None, left out)."""
-    values = dict(zip(SETTING_FIELDS, setting, strict=True))
-    return " ".join(
-        f"{name}={values[name]:g}" if isinstance(values[name], float) else f"{name}={values[name]}"
-        for name in fields
-        if values[name] is not None or name not in DETAIL_FIELDS
-    )
 
 
 @dataclass
@@ -80,69 +61,101 @@ class Comparison:
 
     Attributes:
         protocol: the shared protocol.
-        first, second: the two settings (second - first is reported); first is the smaller
-            value of the differing field (alpha 0 before alpha 0.1).
-        differs_in: the field that differs.
-        units: the (fold, seed) pairs both settings have.
-        per_unit: metric -> {"first": [...], "second": [...]} over ``units``.
-        tests: metric -> dict of statistics (see `paired_tests`).
-        pooled: metric -> dict (first, second, diff, ci_low, ci_high, n) or absent.
+        first, second: the two settings' values (second - first is reported); first is the
+            smaller value of the differing key (alpha 0 before alpha 0.1).
+        differs_in: the key that differs.
+        units: the (fold, seed) runs both settings have.
+        per_fold: metric -> {"folds": [...], "first": [...], "second": [...]}: each
+            setting's mean over the shared seeds of each fold.
+        tests: metric -> dict of statistics over folds (see `paired_tests`).
+        pooled: metric -> dict (first, second, diff, ci_low, ci_high, n, clusters,
+            cluster_unit, samples) or absent.
         notes: why something could not be computed.
     """
 
     protocol: str
-    first: tuple
-    second: tuple
+    first: dict
+    second: dict
     differs_in: str
     units: list[tuple]
-    per_unit: dict = field(default_factory=dict)
+    per_fold: dict = field(default_factory=dict)
     tests: dict = field(default_factory=dict)
     pooled: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def folds(self) -> list[int]:
+        return sorted({fold for fold, _ in self.units})
 
-def find_pairs(runs: list[dict]) -> list[tuple[str, tuple, tuple, str, list]]:
+    @property
+    def first_text(self) -> str:
+        return comparison_text(self.first, self.differs_in, self.second)
+
+    @property
+    def second_text(self) -> str:
+        return comparison_text(self.second, self.differs_in, self.first)
+
+
+def comparison_text(values: dict, differs_in: str, other: dict) -> str:
+    """A setting in a comparison: its recipe and alpha, and the keys it differs in from
+    ``other`` (e.g. ``recipe=mtl alpha=0.1 pooling=mean``)."""
+    keys = [k for k in ("recipe", "alpha") if k in values]
+    keys += sorted(
+        k
+        for k in set(values) | set(other)
+        if k not in keys and value_text(values.get(k)) != value_text(other.get(k))
+    )
+    if differs_in not in keys:
+        keys.append(differs_in)
+    return setting_text(values, keys)
+
+
+def _differing(a: dict, b: dict) -> set[str]:
+    """Keys whose values differ between two settings. A key that one side lacks or holds
+    as null (not applicable: no CTC reduction at alpha = 0) does not count, except alpha."""
+    return {
+        k
+        for k in set(a) | set(b)
+        if value_text(a.get(k)) != value_text(b.get(k))
+        and (k == "alpha" or (a.get(k) is not None and b.get(k) is not None))
+    }
+
+
+def find_pairs(runs: list[dict]) -> list[tuple[str, dict, dict, str, list, tuple]]:
     """Pairs of settings to compare.
 
-    Returns: [(protocol, first setting, second setting, differing field, [(fold, seed)])],
-    for settings on the same protocol and label set that differ in exactly one
-    SETTING_FIELDS value and share at least one (fold, seed).
+    Returns: [(protocol, first setting values, second setting values, differing key,
+    [(fold, seed)], (first, second) `setting_key`)], for settings on the same protocol and
+    label set that differ in exactly one setting key (or alpha with the learning rates) and
+    share at least one (fold, seed).
     """
     by_setting: dict[tuple, dict[tuple, dict]] = {}
+    values: dict[tuple, dict] = {}
     labels: dict[tuple, list] = {}
     for run in runs:
-        key = (run["protocol"], setting_of(run))
+        key = setting_key(run)
         by_setting.setdefault(key, {})[(run["fold"], run["seed"])] = run
+        values[key] = setting_values(run)
         labels[key] = run.get("labels")
+
+    def order(key):
+        return (*key[:3], json.dumps(values[key], sort_keys=True, default=str))
+
     pairs = []
-    for (pa, sa), (pb, sb) in itertools.combinations(sorted(by_setting, key=_sort_key), 2):
-        if pa != pb or labels[(pa, sa)] != labels[(pb, sb)]:
+    for ka, kb in itertools.combinations(sorted(by_setting, key=order), 2):
+        if ka[0] != kb[0] or labels[ka] != labels[kb]:
             continue
-        # A detail that one side lacks (not recorded, or not applicable: no CTC reduction
-        # at alpha = 0) does not count as a difference.
-        differing = {
-            f
-            for f, a, b in zip(SETTING_FIELDS, sa, sb, strict=True)
-            if a != b and not (f in DETAIL_FIELDS and (a is None or b is None))
-        }
+        differing = _differing(values[ka], values[kb])
         if len(differing) == 1:
             field_name = differing.pop()
         elif "alpha" in differing and differing <= ALPHA_WITH_RATES:
             field_name = "alpha"
         else:
             continue
-        units = sorted(set(by_setting[(pa, sa)]) & set(by_setting[(pb, sb)]), key=str)
+        units = sorted(set(by_setting[ka]) & set(by_setting[kb]))
         if units:
-            pairs.append((pa, sa, sb, field_name, units))
+            pairs.append((ka[0], values[ka], values[kb], field_name, units, (ka, kb)))
     return pairs
-
-
-def _sort_key(key):
-    protocol, setting = key
-    return (
-        protocol,
-        tuple((v is None, str(v) if not isinstance(v, float) else v) for v in setting),
-    )
 
 
 def paired_tests(first: list[float], second: list[float]) -> dict:
@@ -184,11 +197,13 @@ def word_errors(reference: str, hypothesis: str) -> int:
 
 
 def read_predictions(run: dict) -> dict[str, dict]:
-    """``{utt_id: {"true", "predicted", "errors", "words"}}`` from a run's predictions.csv.
+    """``{utt_id: {"true", "predicted", "errors", "words", "speaker"}}`` from a run's
+    predictions.csv.
 
     ``words`` is the reference's word count for utterances with text (else None);
     ``errors`` the word edits of the hypothesis, None without text or without a CTC head
-    (a run whose results.json has no WER).
+    (a run whose results.json has no WER); ``speaker`` None when the file has no speaker
+    column (runs of older mtl-ser).
     """
     path = Path(run["path"]).parent / PREDICTIONS_FILE
     if not path.is_file():
@@ -205,20 +220,24 @@ def read_predictions(run: dict) -> dict[str, dict]:
                 if has_text and ctc
                 else None,
                 "words": len(row["reference"].split()) if has_text else None,
+                "speaker": row.get("speaker") or None,
             }
     return out
 
 
 def pooled_arrays(first_runs: list[dict], second_runs: list[dict], labels: list[str]) -> dict:
-    """Joins the two settings' predictions utterance by utterance over the shared units.
+    """Joins the two settings' predictions utterance by utterance over the shared runs.
 
-    Returns: {"true", "first", "second"} class ids ``[N]`` and, where both settings have
-    CTC hypotheses, {"words", "errors_first", "errors_second"} ``[N]`` (0 words for
-    utterances without text). Raises ValueError when a unit's two runs tested different
-    utterances or labels.
+    Returns: {"true", "first", "second"} class ids ``[N]``, "stratum" ``[N]`` (the fold),
+    "cluster" ``[N]`` (the speaker, or the utterance id when a predictions.csv lacks
+    speakers), "cluster_unit" ("speaker" or "utterance") and, where both settings have CTC
+    hypotheses, {"words", "errors_first", "errors_second"} ``[N]`` (0 words for utterances
+    without text). Raises ValueError when a unit's two runs tested different utterances or
+    labels.
     """
     index = {name: i for i, name in enumerate(labels)}
     true, first, second, words, err_a, err_b = [], [], [], [], [], []
+    strata, speakers, ids = [], [], []
     wer_ok = all(r.get("wer") is not None for r in [*first_runs, *second_runs])
     for run_a, run_b in zip(first_runs, second_runs, strict=True):
         a, b = read_predictions(run_a), read_predictions(run_b)
@@ -238,7 +257,18 @@ def pooled_arrays(first_runs: list[dict], second_runs: list[dict], labels: list[
             words.append(a[utt]["words"] or 0)
             err_a.append(a[utt]["errors"] or 0)
             err_b.append(b[utt]["errors"] or 0)
-    out = {"true": np.array(true), "first": np.array(first), "second": np.array(second)}
+            strata.append(run_a["fold"])
+            speakers.append(a[utt]["speaker"] or b[utt]["speaker"])
+            ids.append(utt)
+    by_speaker = all(s is not None for s in speakers)
+    out = {
+        "true": np.array(true),
+        "first": np.array(first),
+        "second": np.array(second),
+        "stratum": np.array(strata),
+        "cluster": np.array(speakers if by_speaker else ids, dtype=object),
+        "cluster_unit": "speaker" if by_speaker else "utterance",
+    }
     if wer_ok and sum(words) > 0:
         out.update(
             words=np.array(words), errors_first=np.array(err_a), errors_second=np.array(err_b)
@@ -246,82 +276,120 @@ def pooled_arrays(first_runs: list[dict], second_runs: list[dict], labels: list[
     return out
 
 
-def _pooled(metric: str, arrays: dict, idx: np.ndarray, which: str) -> np.ndarray:
-    """A metric over resampled utterances; ``idx`` ``[B, N]`` indices -> ``[B]`` values."""
+def pooled_metric(metric: str, arrays: dict, weights: np.ndarray, which: str) -> np.ndarray:
+    """A pooled metric of setting ``which`` ("first" / "second") under item weights
+    ``[B, N]`` (each utterance counted as often as the resample holds it) -> ``[B]``."""
     if metric == "wer":
-        return arrays[f"errors_{which}"][idx].sum(1) / np.maximum(arrays["words"][idx].sum(1), 1)
-    true, pred = arrays["true"][idx], arrays[which][idx]
-    correct = true == pred
+        errors = (weights * arrays[f"errors_{which}"]).sum(1)
+        return errors / np.maximum((weights * arrays["words"]).sum(1), 1e-12)
+    true = arrays["true"]
+    correct = (true == arrays[which]).astype(float)
     if metric == "wa":
-        return correct.mean(1)
+        return (weights * correct).sum(1) / weights.sum(1)
     recalls = []
-    for c in np.unique(arrays["true"]):
-        n_c = (true == c).sum(1)
-        hits = (correct & (true == c)).sum(1)
-        recalls.append(np.where(n_c > 0, hits / np.maximum(n_c, 1), np.nan))
+    for c in np.unique(true):
+        in_class = (true == c).astype(float)
+        n_c = (weights * in_class).sum(1)
+        hits = (weights * correct * in_class).sum(1)
+        recalls.append(np.where(n_c > 0, hits / np.maximum(n_c, 1e-12), np.nan))
     return np.nanmean(np.stack(recalls, 1), axis=1)
 
 
 def bootstrap(
     arrays: dict, metric: str, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED
 ) -> dict:
-    """The pooled metric of both settings, their difference and its paired bootstrap 95% CI.
+    """The pooled metric of both settings, their difference and its paired cluster-bootstrap
+    95% CI (clusters ``arrays["cluster"]`` resampled within strata ``arrays["stratum"]``;
+    without them, every utterance is its own cluster).
 
-    Returns: {"first", "second", "diff", "ci_low", "ci_high", "n", "samples"}.
+    Returns: {"first", "second", "diff", "ci_low", "ci_high", "n" (utterances), "clusters",
+    "min_clusters" (fewest in one fold), "cluster_unit", "samples"}.
     """
     n = len(arrays["true"])
-    whole = np.arange(n)[None, :]
-    a, b = _pooled(metric, arrays, whole, "first")[0], _pooled(metric, arrays, whole, "second")[0]
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for start in range(0, samples, 200):  # chunks bound the memory: [200, N] indices
-        idx = rng.integers(0, n, size=(min(200, samples - start), n))
-        diffs.append(_pooled(metric, arrays, idx, "second") - _pooled(metric, arrays, idx, "first"))
-    diffs = np.concatenate(diffs)
-    low, high = np.percentile(diffs, [2.5, 97.5])
+    clusters = arrays.get("cluster", np.arange(n))
+    ones = np.ones((1, n))
+    result = cluster_bootstrap(
+        lambda w: (
+            pooled_metric(metric, arrays, w, "second") - pooled_metric(metric, arrays, w, "first")
+        ),
+        clusters,
+        arrays.get("stratum"),
+        samples=samples,
+        seed=seed,
+    )
+    a = float(pooled_metric(metric, arrays, ones, "first")[0])
+    b = float(pooled_metric(metric, arrays, ones, "second")[0])
     return {
-        "first": float(a),
-        "second": float(b),
-        "diff": float(b - a),
-        "ci_low": float(low),
-        "ci_high": float(high),
+        "first": a,
+        "second": b,
+        "diff": b - a,
+        "ci_low": result["ci_low"],
+        "ci_high": result["ci_high"],
         "n": n,
+        "clusters": result["clusters"],
+        "min_clusters": result["min_clusters"],
+        "cluster_unit": arrays.get("cluster_unit", "utterance"),
         "samples": samples,
     }
 
 
 # ------------------------------------------------------------------------------ main
+def per_fold(runs_a: list[dict], runs_b: list[dict], metric: str) -> dict | None:
+    """Each setting's mean of ``metric`` over the seeds of each fold where both report it.
+
+    Returns: {"folds", "first", "second"} lists over folds, or None when no fold has it.
+    """
+    by_fold: dict[int, list] = {}
+    for ra, rb in zip(runs_a, runs_b, strict=True):
+        if ra.get(metric) is not None and rb.get(metric) is not None:
+            by_fold.setdefault(ra["fold"], []).append((float(ra[metric]), float(rb[metric])))
+    if not by_fold:
+        return None
+    folds = sorted(by_fold)
+    return {
+        "folds": folds,
+        "first": [float(np.mean([p[0] for p in by_fold[k]])) for k in folds],
+        "second": [float(np.mean([p[1] for p in by_fold[k]])) for k in folds],
+    }
+
+
 def compare_settings(runs: list[dict], samples: int = BOOTSTRAP_SAMPLES) -> list[Comparison]:
     """All paired comparisons among ``runs`` (results dicts with ``path``), see the module
     docstring."""
-    index = {(r["protocol"], setting_of(r), r["fold"], r["seed"]): r for r in runs}
+    index = {(*setting_key(r), r["fold"], r["seed"]): r for r in runs}
     comparisons = []
-    for protocol, first, second, differs_in, units in find_pairs(runs):
-        runs_a = [index[(protocol, first, *u)] for u in units]
-        runs_b = [index[(protocol, second, *u)] for u in units]
+    for protocol, first, second, differs_in, units, (ka, kb) in find_pairs(runs):
+        runs_a = [index[(*ka, *u)] for u in units]
+        runs_b = [index[(*kb, *u)] for u in units]
         comparison = Comparison(protocol, first, second, differs_in, units)
         for metric in FOLD_METRICS:
-            pairs = [
-                (ra[metric], rb[metric])
-                for ra, rb in zip(runs_a, runs_b, strict=True)
-                if ra.get(metric) is not None and rb.get(metric) is not None
-            ]
-            if not pairs:
+            values = per_fold(runs_a, runs_b, metric)
+            if values is None:
                 continue
-            comparison.per_unit[metric] = {
-                "first": [p[0] for p in pairs],
-                "second": [p[1] for p in pairs],
-            }
-            comparison.tests[metric] = paired_tests([p[0] for p in pairs], [p[1] for p in pairs])
+            comparison.per_fold[metric] = values
+            comparison.tests[metric] = paired_tests(values["first"], values["second"])
         try:
             arrays = pooled_arrays(runs_a, runs_b, list(runs_a[0]["labels"]))
         except (FileNotFoundError, ValueError) as err:
             comparison.notes.append(f"no pooled bootstrap: {err}")
         else:
+            if arrays["cluster_unit"] != "speaker":
+                comparison.notes.append(
+                    f"{PREDICTIONS_FILE} has no speaker column (a run of an older mtl-ser): "
+                    "the bootstrap resamples utterances (each with its copies in the seeds "
+                    "of its fold), not speakers, so its interval is too narrow"
+                )
             for metric in POOLED_METRICS:
                 if metric == "wer" and "words" not in arrays:
                     continue
                 comparison.pooled[metric] = bootstrap(arrays, metric, samples)
+            fewest = min(r["min_clusters"] for r in comparison.pooled.values())
+            if arrays["cluster_unit"] == "speaker" and fewest < FEW_CLUSTERS:
+                comparison.notes.append(
+                    f"only {fewest} speaker(s) in a fold: a cluster bootstrap with K speakers "
+                    "per fold keeps (K - 1) / K of the variance, so the pooled interval is too "
+                    "narrow; the per-fold tests are the safer guide"
+                )
         comparisons.append(comparison)
     return comparisons
 
@@ -343,25 +411,30 @@ def markdown(comparisons: list[Comparison]) -> str:
     lines = [
         "## Paired comparisons",
         "",
-        "Settings that differ in one field, on runs that share protocol, fold and seed (the "
-        "same test utterances). Δ = second − first (WA / UA / macro-F1 in points of %, WER "
-        "as a fraction). Per unit: mean ± sample std of the per-(fold, seed) differences, "
-        "paired t-test and Wilcoxon signed-rank p (two-sided; with n units the smallest "
-        "Wilcoxon p is 2/2^n). Pooled: over all shared test utterances, with a 95% paired "
-        f"bootstrap CI ({BOOTSTRAP_SAMPLES} resamples of utterances, the same draw for both).",
+        "Settings that differ in one key, on the runs they share (same protocol, fold and "
+        "seed: the same test utterances). Δ = second − first (WA / UA / macro-F1 in points "
+        "of %, WER as a fraction). **Unit of the tests: the fold.** Each setting's value is "
+        "first averaged over the seeds both settings have in that fold (the seeds of a fold "
+        "test the same speakers, so they are not independent units); then mean ± sample "
+        "std over folds of the differences, paired t-test and Wilcoxon signed-rank p "
+        "(two-sided; with n folds the smallest Wilcoxon p is 2/2^n). Pooled: over all "
+        "shared test utterances, with a 95% paired cluster-bootstrap CI "
+        f"({BOOTSTRAP_SAMPLES} resamples; **unit: the speaker**, resampled within each fold "
+        "with all their utterances of every seed; the same draw for both settings).",
         "",
     ]
     if not comparisons:
         return "\n".join([*lines, "No pair of settings shares a (protocol, fold, seed).", ""])
-    header = ["protocol", "first", "second", "metric", "units", "Δ mean ± std", "t-test p"]
+    header = ["protocol", "first", "second", "metric", "folds", "Δ mean ± std", "t-test p"]
     header += ["Wilcoxon p", "pooled first", "pooled second", "pooled Δ [95% CI]"]
+    header += ["bootstrap unit"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for c in comparisons:
         for metric in FOLD_METRICS:
             test, pooled = c.tests.get(metric), c.pooled.get(metric)
             if test is None and pooled is None:
                 continue
-            cells = [c.protocol, setting_text(c.first), setting_text(c.second), NAMES[metric]]
+            cells = [c.protocol, c.first_text, c.second_text, NAMES[metric]]
             if test is not None:
                 spread = "" if test["std_diff"] is None else f" ± {_fmt(test['std_diff'], metric)}"
                 cells += [str(test["n"]), _fmt(test["mean_diff"], metric, True) + spread]
@@ -372,11 +445,12 @@ def markdown(comparisons: list[Comparison]) -> str:
                 cells += [_fmt(pooled["first"], metric), _fmt(pooled["second"], metric)]
                 low, high = (_fmt(pooled[k], metric, True) for k in ("ci_low", "ci_high"))
                 cells.append(f"{_fmt(pooled['diff'], metric, True)} [{low}, {high}]")
+                cells.append(f"{pooled['clusters']} {pooled['cluster_unit']}s")
             else:
-                cells += ["–"] * 3
+                cells += ["–"] * 4
             lines.append("| " + " | ".join(cells) + " |")
     notes = [
-        f"- {c.protocol} {setting_text(c.first)} vs {setting_text(c.second)}: {n}"
+        f"- {c.protocol} {c.first_text} vs {c.second_text}: {n}"
         for c in comparisons
         for n in c.notes
     ]
@@ -385,15 +459,16 @@ def markdown(comparisons: list[Comparison]) -> str:
 
 def write_csv(comparisons: list[Comparison], path: str | Path) -> Path:
     """paired.csv: one row per (pair, metric), fractions at full precision, empty cells for
-    missing values."""
+    missing values; ``folds`` is the number of test units (folds), ``unit_list`` the
+    (fold/seed) runs, ``bootstrap_unit`` what the bootstrap resampled."""
     path = Path(path)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
-            ["protocol", "first", "second", "differs_in", "metric", "units", "unit_list"]
+            ["protocol", "first", "second", "differs_in", "metric", "folds", "unit_list"]
             + ["mean_diff", "std_diff", "t", "p_t", "w", "p_wilcoxon"]
             + ["pooled_first", "pooled_second", "pooled_diff", "ci_low", "ci_high"]
-            + ["pooled_utterances", "bootstrap_samples"]
+            + ["pooled_utterances", "bootstrap_unit", "bootstrap_clusters", "bootstrap_samples"]
         )
         for c in comparisons:
             for metric in FOLD_METRICS:
@@ -401,16 +476,13 @@ def write_csv(comparisons: list[Comparison], path: str | Path) -> Path:
                 if not test and not pooled:
                     continue
                 writer.writerow(
-                    [c.protocol, setting_text(c.first), setting_text(c.second), c.differs_in]
-                    + [metric, test.get("n", ""), " ".join(f"{k}/{s}" for k, s in c.units)]
+                    [c.protocol, c.first_text, c.second_text, c.differs_in, metric]
+                    + [test.get("n", ""), " ".join(f"{k}/{s}" for k, s in c.units)]
                     + [_blank(test.get(k)) for k in ("mean_diff", "std_diff", "t", "p_t", "w")]
                     + [_blank(test.get("p_wilcoxon"))]
                     + [_blank(pooled.get(k)) for k in ("first", "second", "diff", "ci_low")]
-                    + [
-                        _blank(pooled.get("ci_high")),
-                        pooled.get("n", ""),
-                        pooled.get("samples", ""),
-                    ]
+                    + [_blank(pooled.get("ci_high")), pooled.get("n", "")]
+                    + [pooled.get(k, "") for k in ("cluster_unit", "clusters", "samples")]
                 )
     return path
 

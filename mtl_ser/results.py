@@ -39,6 +39,7 @@ class Prediction:
     hypothesis: str | None  # greedy CTC output; None without a CTC head
     has_text: bool
     scripted: bool | None
+    speaker: str | None = None  # the test speaker (the report's bootstrap resamples them)
 
 
 @dataclass
@@ -60,9 +61,11 @@ class PredictionLog:
         hypotheses: list[str] | None = None,
         has_text: list[bool] = (),
         scripted: list = (),
+        speakers: list | None = None,
     ) -> None:
         """Adds a batch: emotion logits ``[B, C]`` and targets ``[B]``, the transcripts,
-        the greedy CTC ``hypotheses`` (None without CTC), and per-utterance flags."""
+        the greedy CTC ``hypotheses`` (None without CTC), and per-utterance flags
+        (``speakers`` None when unknown)."""
         probs = torch.softmax(logits.detach().float(), dim=-1).cpu()
         for i, utt in enumerate(ids):
             self.rows.append(
@@ -75,6 +78,7 @@ class PredictionLog:
                     hypothesis=None if hypotheses is None else hypotheses[i],
                     has_text=bool(has_text[i]),
                     scripted=scripted[i],
+                    speaker=None if speakers is None else speakers[i],
                 )
             )
 
@@ -106,19 +110,19 @@ class PredictionLog:
 
     def write_csv(self, path: str | Path) -> None:
         """Writes one row per utterance: id, true, predicted, p_<class>..., reference,
-        hypothesis, has_text, scripted."""
+        hypothesis, has_text, scripted, speaker (empty when unknown)."""
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(
                 ["id", "true", "predicted", *(f"p_{c}" for c in self.labels)]
-                + ["reference", "hypothesis", "has_text", "scripted"]
+                + ["reference", "hypothesis", "has_text", "scripted", "speaker"]
                 + [f"{n}_{c}" for n, log in self.task_logs.items() for c in log.columns()]
             )
             for r in sorted(self.rows, key=lambda r: r.id):
                 writer.writerow(
                     [r.id, self.labels[r.true], self.labels[r.predicted], *r.probabilities]
                     + [r.reference, "" if r.hypothesis is None else r.hypothesis, r.has_text]
-                    + ["" if r.scripted is None else r.scripted]
+                    + ["" if r.scripted is None else r.scripted, r.speaker or ""]
                     + [cell for log in self.task_logs.values() for cell in log.row(r.id)]
                 )
 

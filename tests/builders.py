@@ -109,3 +109,11 @@ def build_trap_tree(root: Path) -> Path:
         (root / f"Session1/dialog/{folder}/._Ses01F_impro01.txt").write_bytes(b"\x00\x05\x16\x07")
     (root / "Session1/sentences/wav/Ses01F_impro01/._Ses01F_impro01_F000.wav").write_bytes(b"\x00")
     return root
+
+
+def setting_record(**values) -> dict:
+    """The ``"setting"`` field of a results.json (schema 2) holding ``values`` (fold and seed
+    included), with its digest as `mtl_ser.settings` computes it."""
+    from mtl_ser.settings import digest
+
+    return {"digest": digest(values), "values": values, "ignored": ["num_workers"]}

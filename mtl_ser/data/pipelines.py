@@ -16,7 +16,8 @@ Dynamic items of every dataset:
     tokens       ``[L]`` character ids of ``wrd`` (a single space when there is no text)
     ctc_mask     ``[1]`` bool: the utterance trains / scores CTC (has text and was not cropped,
                  since a crop no longer matches the full transcript)
-Static keys passed through: id, wrd, has_text, scripted, duration (seconds, for messages).
+Static keys passed through: id, wrd, has_text, scripted, duration (seconds, for messages),
+spk (the speaker, written to predictions.csv; where every record has one).
 
 Batches: training batches are length-grouped by default (``sorting: grouped``,
 `mtl_ser.data.sampler.LengthGroupedBatchSampler`); validation and test sets are sorted by
@@ -207,7 +208,9 @@ def add_pipelines(
         dataset.add_dynamic_item(pipeline)
     for column in columns:
         dataset.add_dynamic_item(_column_item(column))
-    dataset.set_output_keys(OUTPUT_KEYS + [key] + [column_key(c) for c in columns])
+    # The speaker, for predictions.csv, where the records have one (manifests always do).
+    speaker = ["spk"] if all("spk" in r for r in dataset.data.values()) else []
+    dataset.set_output_keys(OUTPUT_KEYS + [key] + speaker + [column_key(c) for c in columns])
 
 
 def column_key(column: str) -> str:

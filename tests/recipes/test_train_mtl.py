@@ -67,6 +67,9 @@ def test_mtl_writes_complete_results(mtl_run):
         rows = list(csv.DictReader(f))
     assert {r["id"] for r in rows} == test_ids
     assert set(rows[0]) >= {"true", "predicted", "p_neu", "p_sad", "reference", "hypothesis"}
+    # The speaker of each utterance, from the manifest: the report's bootstrap resamples them.
+    test_manifest = read_json(out / "manifests/test.json")
+    assert {r["id"]: r["speaker"] for r in rows} == {k: v["spk"] for k, v in test_manifest.items()}
     assert all(abs(sum(float(r[f"p_{c}"]) for c in results["labels"]) - 1) < 1e-4 for r in rows)
     for png in ("confusion_matrix.png", "training_curves.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from mtl_ser.cli import main
-from mtl_ser.report import aggregate, find_results, mean_std, write_report
+from mtl_ser.report import write_report
+from mtl_ser.report_rows import aggregate, find_results, mean_std
+from tests.builders import setting_record
 
 LABELS = ["neu", "hap", "ang", "sad"]
 # mtl loso alpha 0.1, folds 1..5: WA as written by each run, and (correct, total) of its
@@ -21,17 +23,27 @@ WER = [0.2, 0.3, 0.2, 0.3, 0.5]
 COUNTS = [(2, 4), (6, 10), (7, 10), (8, 10), (18, 20)]
 
 
-def confusion(correct: int, total: int) -> list[list[int]]:
+def confusion(correct: int, total: int, size: int = 4) -> list[list[int]]:
     """Every correct utterance is a neu -> neu, every error a hap -> neu."""
-    matrix = [[0] * 4 for _ in range(4)]
+    matrix = [[0] * size for _ in range(size)]
     matrix[0][0], matrix[1][0] = correct, total - correct
     return matrix
 
 
+# Keys of a run that belong to its setting (the rest are results).
+SETTING_KEYS = ("encoder", "lr_encoder", "lr_heads", "ctc_reduction", "ctc_sum_utterances")
+SETTING_KEYS += ("checkpoint_selection", "pooling", "max_len")
+
+
 def write_run(root: Path, recipe="mtl", protocol="loso", alpha=0.1, fold=1, seed=1986, **fields):
+    """A results.json of schema 2; ``fields`` named in SETTING_KEYS go into its setting too."""
     correct, total = fields.pop("counts", (1, 2))
+    values = {"recipe": recipe, "protocol": protocol, "alpha": alpha, "fold": fold, "seed": seed}
+    values |= {"encoder": "facebook/wav2vec2-base"}
+    values |= {k: v for k, v in fields.items() if k in SETTING_KEYS}
     results = {
-        "schema": 1,
+        "schema": 2,
+        "setting": setting_record(**values),
         "recipe": recipe,
         "protocol": protocol,
         "alpha": alpha,
@@ -45,7 +57,7 @@ def write_run(root: Path, recipe="mtl", protocol="loso", alpha=0.1, fold=1, seed
         "wer": 0.25 if alpha > 0 else None,
         "cer": 0.1 if alpha > 0 else None,
         "wer_improvised": 0.3 if alpha > 0 else None,
-        "confusion_matrix": confusion(correct, total),
+        "confusion_matrix": confusion(correct, total, len(fields.get("labels", LABELS))),
         "num_utterances": total,
         "best_epoch": 3,
         **fields,
@@ -128,6 +140,7 @@ def test_report_files(runs_folder, tmp_path):
         "confusion_mtl_loso_alpha0.1.png",
         "confusion_mtl_cai2021_alpha0.01.png",
     }
+    assert {p.name for p in out.iterdir()} == names  # written whole: no temporary file left
     for name in names:
         if name.endswith(".png"):
             assert (out / name).read_bytes()[:4] == b"\x89PNG"
@@ -156,10 +169,10 @@ def test_report_files(runs_folder, tmp_path):
     markdown = (out / "summary.md").read_text()
     assert "sample standard deviation (ddof = 1)" in markdown
     assert (
-        "| mtl | loso | 0.1 | 5 | 5/5 | 70.00 ± 15.81 | 40.00 ± 0.00 | 30.00 ± 0.00 "
+        "| mtl | loso | 0.1 | 5 | 1 | 5/5 | 70.00 ± 15.81 | 40.00 ± 0.00 | 30.00 ± 0.00 "
         "| 0.300 ± 0.122 | 0.100 ± 0.000 | 0.300 ± 0.000 | 75.93 | 50.00 | 54 |" in markdown
     )
-    assert "| mtl | loso | 0 | 3 | 3/5 (missing 4, 5) **incomplete** |" in markdown
+    assert "| mtl | loso | 0 | 3 | 1 | 3/5 (missing 4, 5) **incomplete** |" in markdown
     assert "cai2021 (speaker-overlapping)" in markdown
     assert "mtl loso alpha=0: incomplete set of folds: 3/5 (missing 4, 5)." in markdown
     assert "`../runs/mtl/loso/alpha0.1/fold5/seed1986`" in markdown
@@ -196,7 +209,7 @@ def test_runs_of_different_settings_are_separate_rows(tmp_path, change):
     markdown = (tmp_path / "report/summary.md").read_text()
     shown = next(k for k in change if change[k] is not None)
     if shown != "encoder":
-        assert "| setting |" in markdown and f"{shown}=" in markdown
+        assert "| differs in |" in markdown and f"{shown}=" in markdown
     confusions = [f for f in report["files"] if f.name.startswith("confusion_")]
     assert len(confusions) == 2  # one file each, none overwritten
 
@@ -243,6 +256,148 @@ def test_speaker_independence_comes_from_the_runs(tmp_path):
     }
     write_report([tmp_path], tmp_path / "report")
     markdown = (tmp_path / "report/summary.md").read_text()
-    assert "| mtl | csv | 0.1 | 1 | 1/1 |" in markdown
+    assert "| mtl | csv | 0.1 | 1 | 1 | 1/1 |" in markdown
     assert "| mtl | hf (speaker-overlapping) | 0.1 |" in markdown
     assert "| mtl | loso-on-ravdess_test (speakers not checked) | 0.1 |" in markdown
+
+
+def test_runs_that_differ_only_in_pooling_are_not_merged(tmp_path):
+    """pooling was not among the fields the report grouped by: runs of attention and mean
+    pooling were averaged into one row. The recorded setting keeps them apart, and the
+    table names the key that differs."""
+    for fold in (1, 2):
+        write_run(tmp_path / "a", fold=fold, pooling="mean", max_len=8.0, wa=0.5)
+        write_run(tmp_path / "b", fold=fold, pooling="attention", max_len=8.0, wa=0.7)
+    rows = aggregate(find_results([tmp_path]))
+    assert sorted((r.setting["pooling"], r.n, r.stats["wa"][0]) for r in rows) == [
+        ("attention", 2, pytest.approx(0.7)),
+        ("mean", 2, pytest.approx(0.5)),
+    ]
+    assert len({r.key for r in rows}) == 2
+    write_report([tmp_path], tmp_path / "report")
+    markdown = (tmp_path / "report/summary.md").read_text()
+    assert "| recipe | protocol | alpha | differs in | n |" in markdown
+    assert "| mtl | loso | 0.1 | pooling=attention | 2 |" in markdown
+    assert "| mtl | loso | 0.1 | pooling=mean | 2 |" in markdown
+    assert "max_len=8" in markdown.split("Shared by every row:")[1].splitlines()[0]
+    with open(tmp_path / "report/summary.csv") as f:
+        assert sorted(r["differs"] for r in csv.DictReader(f)) == [
+            "pooling=attention",
+            "pooling=mean",
+        ]
+    names = sorted(p.name for p in (tmp_path / "report").glob("confusion_*"))
+    assert names == [
+        "confusion_mtl_loso_alpha0.1_pooling=attention.png",
+        "confusion_mtl_loso_alpha0.1_pooling=mean.png",
+    ]
+
+
+def test_std_over_folds_is_over_per_fold_means_and_seeds_apart(tmp_path):
+    """2 folds x 2 seeds, UA by (fold, seed): (1, 1) 0.5, (1, 2) 0.7, (2, 1) 0.8, (2, 2) 1.0.
+    Per-fold means 0.6 and 0.9: mean 0.75, std over folds sqrt(0.045) = 0.21213 (the std
+    over all four runs, 0.20817, mixes seed noise into it). Within-fold variances 0.02 and
+    0.02: seed spread sqrt(0.02) = 0.14142."""
+    for (fold, seed), ua in {(1, 1): 0.5, (1, 2): 0.7, (2, 1): 0.8, (2, 2): 1.0}.items():
+        write_run(tmp_path, protocol="csv", fold=fold, seed=seed, ua=ua, folds=2)
+    [row] = aggregate(find_results([tmp_path]))
+    assert row.n == 4
+    mean, std, n = row.stats["ua"]
+    assert (mean, std, n) == (pytest.approx(0.75), pytest.approx(math.sqrt(0.045)), 2)
+    assert row.seed_std["ua"] == pytest.approx(math.sqrt(0.02))
+    assert row.seed_std["wa"] == pytest.approx(0.0)  # every run wrote WA 0.5
+    write_report([tmp_path], tmp_path / "report")
+    markdown = (tmp_path / "report/summary.md").read_text()
+    assert "| 75.00 ± 21.21 (seeds ± 14.14) |" in markdown
+    with open(tmp_path / "report/summary.csv") as f:
+        [line] = csv.DictReader(f)
+    assert float(line["ua_std"]) == pytest.approx(math.sqrt(0.045))
+    assert float(line["ua_seed_std"]) == pytest.approx(math.sqrt(0.02))
+    assert line["ua_n"] == "2" and line["n_runs"] == "4"
+
+
+def _one_line_error(capsys, folder) -> str:
+    assert main(["report", str(folder)]) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    return lines[0]
+
+
+def test_results_without_a_setting_are_refused(tmp_path, capsys):
+    """A schema-1 results.json records no full setting: averaging it with others could
+    merge settings, so it is refused, naming the file and how to proceed."""
+    folder = write_run(tmp_path, fold=1)
+    data = json.loads((folder / "results.json").read_text())
+    data["schema"] = 1
+    del data["setting"]
+    (folder / "results.json").write_text(json.dumps(data))
+    line = _one_line_error(capsys, tmp_path)
+    assert str(folder / "results.json") in line
+    assert "schema 1" in line and "'setting'" in line and "re-run" in line
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (lambda d: [d], "holds a JSON list"),
+        (lambda d: d | {"wa": "n/a"}, "key 'wa' is \"n/a\", expected a number or null"),
+        (lambda d: d | {"fold": "1"}, "key 'fold' is \"1\", expected an integer"),
+        (lambda d: d | {"labels": {"neu": 0}}, "key 'labels'"),
+        (lambda d: d | {"confusion_matrix": [[1, 2]]}, "key 'confusion_matrix'"),
+        (lambda d: d | {"setting": ["x"]}, "key 'setting' is"),
+        (lambda d: d | {"setting": {"digest": "ab", "values": 3}}, "key 'setting.values'"),
+        (lambda d: {k: v for k, v in d.items() if k != "ua"}, "key 'ua' is missing"),
+    ],
+    ids=["list", "n/a", "fold", "labels", "confusion", "setting", "values", "missing"],
+)
+def test_malformed_results_are_one_line_naming_file_and_key(tmp_path, capsys, edit, key):
+    """Before: "'list' object has no attribute 'get'", "could not convert string to float:
+    'n/a'" (no file, no key)."""
+    folder = write_run(tmp_path, fold=1)
+    data = json.loads((folder / "results.json").read_text())
+    (folder / "results.json").write_text(json.dumps(edit(data)))
+    line = _one_line_error(capsys, tmp_path)
+    assert str(folder / "results.json") in line and key in line
+
+
+def test_ablation_plot_does_not_import_report():
+    """report.py and ablation_plot.py imported each other (a circle that only worked
+    because report imported ablation_plot inside a function)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mtl_ser.ablation_plot, mtl_ser.paired, mtl_ser.report_rows; "
+        "print(sorted(m for m in sys.modules if m in ('mtl_ser.report',)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_outputs_are_written_whole(tmp_path):
+    """A failure while writing leaves the previous file as it was and no temporary file."""
+    from mtl_ser.report import written_whole
+
+    target = tmp_path / "summary.md"
+    target.write_text("old report\n")
+    with pytest.raises(RuntimeError), written_whole(target) as tmp:
+        tmp.write_text("half a rep")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old report\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.md"]
+    with written_whole(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.suffix == ".md"
+        tmp.write_text("new report\n")
+    assert target.read_text() == "new report\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.md"]
+
+
+def test_a_key_that_one_setting_lacks_tells_rows_apart(tmp_path):
+    write_run(tmp_path / "a", fold=1, max_len=8.0)
+    write_run(tmp_path / "b", fold=1)
+    rows = aggregate(find_results([tmp_path]))
+    assert len(rows) == 2
+    write_report([tmp_path], tmp_path / "report")
+    markdown = (tmp_path / "report/summary.md").read_text()
+    assert "| max_len=8 |" in markdown and "| max_len=(absent) |" in markdown
