@@ -330,3 +330,27 @@ def test_iemocap_label_lines_give_the_annotators_mean_dimensions(tmp_path):
         "Ses01F_impro01_F000": (2.5, 2.0, 3.5),
         "Ses01F_impro01_M000": (1.5, 4.0, 4.5),
     }
+
+
+def test_selection_metric_is_maximised_and_chooses_the_checkpoint(tmp_path):
+    from types import SimpleNamespace
+
+    from mtl_ser.checkpoints import selection_key
+
+    brain = brain_with(tmp_path, None, "--selection_metric=ctc/cer")
+    metrics = {"ua": 0.5, "wa": 0.5, "macro_f1": 0.5, "wer": 0.9, "cer": 0.4}
+    brain._valid_metrics = {**metrics, "wer_improvised": None, "cer_improvised": None}
+    assert brain.selection_value({}) == -0.4  # lower CER is better: negated
+    brain._valid_metrics["cer"] = None
+    assert brain.selection_value({}) == float("-inf")
+    key = selection_key("best_valid")
+
+    def checkpoint(epoch, ua, selection):
+        meta = {"epoch": epoch, "UA": ua, "WA": ua, "selection": selection}
+        return SimpleNamespace(meta=meta)
+
+    # The higher selection value wins whatever the UA; a checkpoint without one uses UA.
+    chosen = max([checkpoint(1, 0.9, -0.5), checkpoint(2, 0.3, -0.2)], key=key)
+    assert chosen.meta["epoch"] == 2
+    old = SimpleNamespace(meta={"epoch": 3, "UA": 0.7, "WA": 0.7})
+    assert key(old)[1] == 0.7
