@@ -230,8 +230,9 @@ def check_hparams(
 
 
 def _check_tasks(config: dict) -> None:
-    """The ``tasks`` mapping builds (known kinds and options, CTC weight from alpha) and
-    ``selection_metric`` names one of its tasks."""
+    """The ``tasks`` mapping builds (known kinds and options, CTC weight from alpha),
+    ``selection_metric`` names one of its tasks, and ``sampling: class_balanced`` comes
+    with length-grouped batches."""
     from mtl_ser.data.text import CharVocabulary
 
     try:
@@ -239,6 +240,13 @@ def _check_tasks(config: dict) -> None:
         parse_metric(config.get("selection_metric", "emotion/ua"), tasks)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if config.get("sampling") == "class_balanced" and (
+        config.get("dynamic_batching") or config.get("sorting") != "grouped"
+    ):
+        raise ConfigError(
+            "sampling: class_balanced groups batches by length itself: it needs sorting: "
+            "grouped and dynamic_batching: False"
+        )
 
 
 def _check_fold(config: dict, cli_keys: set[str]) -> None:
