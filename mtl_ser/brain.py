@@ -78,6 +78,7 @@ from mtl_ser.checkpoints import (
     has_valid_metrics,
     selection_key,
 )
+from mtl_ser.data.sampler import DistributedBatches
 from mtl_ser.data.text import CharVocabulary
 from mtl_ser.export import write_model_spec
 from mtl_ser.progress import is_terminal
@@ -358,6 +359,10 @@ class EmotionBrain(sb.Brain):
         )
 
     def _train_loader_specifics(self, dataset, loader_kwargs):
+        if isinstance(loader_kwargs.get("batch_sampler"), DistributedBatches):
+            # Already this process's whole batches (not SpeechBrain's padding wrapper).
+            self.train_sampler = loader_kwargs["batch_sampler"]
+            return loader_kwargs
         loader_kwargs = super()._train_loader_specifics(dataset, loader_kwargs)
         if not self.distributed_launch and loader_kwargs.get("batch_sampler") is not None:
             # Outside DDP SpeechBrain leaves a batch sampler alone and never calls its

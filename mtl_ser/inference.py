@@ -12,8 +12,6 @@ Non-finite samples are refused with an error naming the input.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,57 +22,20 @@ from tqdm import tqdm
 from mtl_ser.data.audio import load_audio, require_finite, to_mono_rate
 from mtl_ser.export import EXPORT_FILE, SPEC_FILE, LoadedModel, load_exported, load_run
 from mtl_ser.models.masking import lengths_to_mask, masked_mean
+from mtl_ser.prediction_types import (  # noqa: F401  (AUDIO_EXTENSIONS: part of this API)
+    AUDIO_EXTENSIONS,
+    Embedding,
+    Prediction,
+    WindowPrediction,
+    window_bounds,
+)
 from mtl_ser.tasks import TASK_KINDS
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")
 # A 2-D waveform is [channels, time]; more rows than this is more likely a batch of
 # recordings or a [time, channels] array, so it is refused rather than guessed.
 MAX_CHANNELS = 8
 # `embed` layers besides an index into the encoder's hidden layers.
 EMBEDDING_LAYERS = ("last", "head")
-
-
-@dataclass
-class WindowPrediction:
-    """One window of a recording: seconds from the start, label and class probabilities."""
-
-    start: float
-    end: float
-    emotion: str
-    probabilities: dict[str, float]
-    transcript: str | None
-
-
-@dataclass
-class Prediction:
-    """What `EmotionRecognizer` says about one recording.
-
-    ``emotion`` / ``probabilities`` are over the whole recording; ``transcript`` is None for
-    a model without CTC head; ``error`` is set (and the rest empty) when the file could not
-    be scored.
-    """
-
-    path: str | None
-    emotion: str | None
-    probabilities: dict[str, float]
-    transcript: str | None
-    duration: float | None
-    windows: list[WindowPrediction] = field(default_factory=list)
-    error: str | None = None
-    # The other tasks' predictions by task name (A/V/D values, a speaker attribute's label
-    # and probabilities), over the whole recording.
-    tasks: dict = field(default_factory=dict)
-
-
-@dataclass
-class Embedding:
-    """An utterance-level vector of one recording (``vector`` None and ``error`` set when the
-    recording could not be embedded)."""
-
-    path: str | None
-    vector: np.ndarray | None  # [D] float32
-    duration: float | None
-    error: str | None = None
 
 
 class EmotionRecognizer:
@@ -245,10 +206,7 @@ class EmotionRecognizer:
 
     def windows(self, n_samples: int) -> list[tuple[int, int]]:
         """Splits ``n_samples`` into ceil(duration / window) equal windows: [(start, end)]."""
-        limit = self.window * self.model.sample_rate
-        count = max(1, math.ceil(n_samples / limit))
-        bounds = [round(k * n_samples / count) for k in range(count + 1)]
-        return list(zip(bounds[:-1], bounds[1:], strict=True))
+        return window_bounds(n_samples, self.window * self.model.sample_rate)
 
     def _predict_waveforms(
         self, waveforms: list[torch.Tensor], names: list, batch_size: int, progress=False
@@ -347,7 +305,8 @@ class EmotionRecognizer:
         task_values = {}
         for batch, enc in self._encoded_batches(segments, batch_size, progress, "scoring"):
             logits = self.modules["emotion_head"](enc.hidden, enc.lengths, enc.layers)
-            probs[batch] = torch.softmax(logits.float(), dim=-1).cpu()
+            # Temperature scaling fitted on validation (1 without calibration).
+            probs[batch] = torch.softmax(logits.float() / self.model.temperature, dim=-1).cpu()
             for task_name, (cls, info) in self.tasks.items():
                 out = self.modules[info["head"]](enc.hidden, enc.lengths, enc.layers)
                 values = cls.window_values(out).cpu()

@@ -2,9 +2,13 @@
 
 A finished run writes to its output folder::
 
-    results.json           metrics + the run's identity (schema below)
+    results.json           metrics + the run's identity and its full resolved setting
+                           ("setting": {digest, values, ignored}, mtl_ser/settings.py)
+    setting.json           the setting, written when the run starts (a resume must match it)
     predictions.csv        one row per test utterance
     confusion_matrix.png   test confusion matrix
+    reliability_diagram.png  accuracy vs confidence (before / after temperature scaling)
+    coverage_accuracy.png  accuracy when abstaining below a confidence threshold
     training_curves.png    per-epoch losses and validation metrics
 """
 
@@ -18,13 +22,20 @@ from pathlib import Path
 
 import torch
 
+from mtl_ser.calibration import DEFAULT_BINS, calibration_results
 from mtl_ser.metrics import classification_metrics, error_rates
-from mtl_ser.plots import plot_confusion, plot_training_curves
+from mtl_ser.plots import (
+    plot_confusion,
+    plot_coverage_accuracy,
+    plot_reliability,
+    plot_training_curves,
+)
 
 RESULTS_FILE = "results.json"
 PREDICTIONS_FILE = "predictions.csv"
 # Bumped when results.json changes shape; `mtl-ser report` reads it.
-RESULTS_SCHEMA = 1
+# 2: the run's full resolved setting under "setting" (mtl_ser/settings.py).
+RESULTS_SCHEMA = 2
 
 
 @dataclass
@@ -51,6 +62,8 @@ class PredictionLog:
     # The other tasks' logs by task name (`mtl_ser.tasks.base.TaskLog`): their metrics go
     # under "tasks" and their columns into predictions.csv.
     task_logs: dict = field(default_factory=dict)
+    # Unrounded emotion logits [C] per row, in row order (calibration figures).
+    logits: list = field(default_factory=list)
 
     def add_batch(
         self,
@@ -67,6 +80,7 @@ class PredictionLog:
         the greedy CTC ``hypotheses`` (None without CTC), and per-utterance flags
         (``speakers`` None when unknown)."""
         probs = torch.softmax(logits.detach().float(), dim=-1).cpu()
+        self.logits.extend(logits.detach().float().cpu().numpy())
         for i, utt in enumerate(ids):
             self.rows.append(
                 Prediction(
@@ -152,6 +166,30 @@ def write_run_outputs(
     results = {"schema": RESULTS_SCHEMA, **identity, **log.metrics()}
     log.write_csv(folder / PREDICTIONS_FILE)
     title = run_title(identity)
+    # identity["calibration"]: {"bins", "temperature" (fitted on validation) or absent}.
+    setting = identity.get("calibration") or {}
+    calibration = calibration_results(
+        log.logits,
+        [r.true for r in log.rows],
+        setting.get("bins", DEFAULT_BINS),
+        setting.get("temperature"),
+    )
+    results["calibration"] = {**setting, **calibration}  # + how the temperature was fitted
+    final = calibration["after"] or calibration["before"]  # what the model outputs
+    results["ece"], results["brier"] = final["ece"], final["brier"]
+    curves = {"uncalibrated": calibration["before"]}
+    if calibration["after"] is not None:
+        curves[f"temperature {calibration['temperature']:.2f}"] = calibration["after"]
+    plot_reliability(
+        {k: v["bins"] for k, v in curves.items()},
+        folder / "reliability_diagram.png",
+        f"{title}\nECE {final['ece']:.3f}  Brier {final['brier']:.3f}",
+    )
+    plot_coverage_accuracy(
+        {k: v["coverage_accuracy"] for k, v in curves.items()},
+        folder / "coverage_accuracy.png",
+        title,
+    )
     plot_confusion(
         results["confusion_matrix"],
         log.labels,

@@ -20,8 +20,10 @@ from hyperpyyaml import load_hyperpyyaml
 from mtl_ser.brain import EmotionBrain
 from mtl_ser.data.pipelines import dataio_prep, eval_loader_options, train_loader_options
 from mtl_ser.experiment import (
+    claim_run_folder,
     end_distributed,
     experiment_vocabulary,
+    fit_calibration,
     given_keys,
     label_set_of,
     lock_run_folder,
@@ -29,6 +31,7 @@ from mtl_ser.experiment import (
     prepare_data,
     run_identity,
     run_recipe_main,
+    run_setting_values,
 )
 from mtl_ser.hparams_check import check_hparams
 
@@ -38,6 +41,8 @@ def main(argv):
     # Every value checked before anything is built; then one writer per run folder.
     config = check_hparams(hparams_file, overrides, run_opts, set(given_keys(argv)))
     lock_run_folder(config["output_folder"])
+    # A run folder holds one setting: a re-run with another one is refused here.
+    setting_values = run_setting_values(hparams_file, overrides, config, run_opts)
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file) as fin:
         hparams = load_hyperpyyaml(fin, overrides)
@@ -50,10 +55,17 @@ def main(argv):
     # Manifests for this protocol and fold (skipped when already prepared alike).
     prepare_data(hparams)
 
-    # Class order from the manifests, the fixed character set from the code.
+    # Class order from the manifests; characters from the training transcripts.
     label_set = label_set_of(hparams)
-    vocab = experiment_vocabulary(hparams["output_folder"])
+    setting = claim_run_folder(hparams, setting_values)
+    vocab = experiment_vocabulary(
+        hparams["output_folder"],
+        hparams["train_annotation"],
+        (hparams["valid_annotation"], hparams["test_annotation"]),
+    )
     hparams["emotion_head"].set_num_classes(len(label_set.classes))
+    if "ctc_head" in hparams["modules"]:  # the CNN baseline has no CTC head
+        hparams["modules"]["ctc_head"].set_num_tokens(len(vocab))
     datasets = dataio_prep(hparams, label_set, vocab)
 
     brain = EmotionBrain(
@@ -63,7 +75,7 @@ def main(argv):
         checkpointer=hparams["checkpointer"],
         labels=label_set.classes,
         vocab=vocab,
-        identity=run_identity(hparams, label_set),
+        identity={**run_identity(hparams, label_set), "setting": setting},
     )
     # Early stopping and checkpoint choice use the validation set only.
     brain.fit(
@@ -73,6 +85,8 @@ def main(argv):
         train_loader_kwargs=train_loader_options(hparams, datasets["train"], brain.device),
         valid_loader_kwargs=eval_loader_options(hparams, brain.device),
     )
+    # Temperature scaling (calibration: temperature): fitted on validation logits only.
+    fit_calibration(brain, datasets["valid"], eval_loader_options(hparams, brain.device))
     # The test set, once, from the checkpoint chosen on validation (checkpoint_selection).
     brain.evaluate(datasets["test"], test_loader_kwargs=eval_loader_options(hparams, brain.device))
     if sb.utils.distributed.if_main_process():

@@ -36,6 +36,7 @@ import speechbrain as sb
 import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.sampler import DynamicBatchSampler
+from torch.utils.data import BatchSampler, SequentialSampler
 
 from mtl_ser.data.audio import SAMPLE_RATE, load_audio
 from mtl_ser.data.balanced_sampler import ClassBalancedBatchSampler
@@ -43,7 +44,7 @@ from mtl_ser.data.encoder_cache import EncoderCache
 from mtl_ser.data.feature_cache import FeatureSource
 from mtl_ser.data.labels import LabelSet
 from mtl_ser.data.manifest import ManifestError, check_min_duration, load_manifest
-from mtl_ser.data.sampler import LengthGroupedBatchSampler
+from mtl_ser.data.sampler import LengthGroupedBatchSampler, ddp_world_size, distributed_batches
 from mtl_ser.data.text import CharVocabulary
 from mtl_ser.tasks import task_columns
 
@@ -201,8 +202,10 @@ def add_pipelines(
         # An utterance without text gets a one-space placeholder target (masked out of the
         # loss): a batch of only such utterances would otherwise pad zero-length tensors,
         # which SpeechBrain's padding cannot do.
-        yield vocab.encode(wrd) if wrd else vocab.encode(" ")
-        yield torch.tensor([bool(has_text) and not cropped])
+        # Characters no training transcript has are left out (the recipe counts them).
+        tokens = vocab.encode(wrd, drop_unknown=True) if wrd else torch.zeros(0)
+        yield tokens if len(tokens) else vocab.encode(" ")
+        yield torch.tensor([bool(has_text) and len(tokens) > 0 and not cropped])
 
     for pipeline in (encoder_input, emotion, text):
         dataset.add_dynamic_item(pipeline)
@@ -390,25 +393,32 @@ def train_loader_options(hparams: dict, train_data: DynamicItemDataset, device="
             batch_ordering="random",
             seed=hparams["seed"],
         )
-        return {**options, "batch_sampler": sampler}
+        return {**options, "batch_sampler": distributed_batches(sampler)}
+    # The random crop comes after batching, in the pipeline: what a batch pads to is
+    # the cropped length.
+    lengths = [min(train_data.data[i]["duration"], max_len) for i in train_data.data_ids]
     if hparams.get("sampling", "natural") == "class_balanced":
         if hparams["dynamic_batching"] or hparams["sorting"] != "grouped":
             raise ValueError(
                 "sampling: class_balanced groups batches by length itself: it needs "
                 "sorting: grouped and dynamic_batching: False"
             )
-        lengths = [min(train_data.data[i]["duration"], max_len) for i in train_data.data_ids]
         labels = [train_data.data[i]["emo"] for i in train_data.data_ids]
         sampler = ClassBalancedBatchSampler(
             lengths, labels, batch_size, pool=hparams["group_pool"], seed=hparams["seed"]
         )
-        return {**options, "batch_sampler": sampler}
+        return {**options, "batch_sampler": distributed_batches(sampler)}
     if hparams["sorting"] == "grouped":
-        # The random crop comes after batching, in the pipeline: what a batch pads to is
-        # the cropped length.
-        lengths = [min(train_data.data[i]["duration"], max_len) for i in train_data.data_ids]
         sampler = LengthGroupedBatchSampler(
             lengths, batch_size, pool=hparams["group_pool"], seed=hparams["seed"]
         )
-        return {**options, "batch_sampler": sampler}
-    return {**options, "batch_size": batch_size, "shuffle": hparams["sorting"] == "random"}
+        return {**options, "batch_sampler": distributed_batches(sampler, batch_size)}
+    if ddp_world_size() == 1:
+        return {**options, "batch_size": batch_size, "shuffle": hparams["sorting"] == "random"}
+    # Under DDP, whole batches are dealt to the processes (sampler.DistributedBatches):
+    # random batches seeded by ``seed`` (pools of one batch), or consecutive ones.
+    if hparams["sorting"] == "random":
+        sampler = LengthGroupedBatchSampler(lengths, batch_size, pool=1, seed=hparams["seed"])
+    else:
+        sampler = BatchSampler(SequentialSampler(range(len(lengths))), batch_size, False)
+    return {**options, "batch_sampler": distributed_batches(sampler, batch_size)}
