@@ -5,12 +5,15 @@ One class serves the multi-task recipe, the SER-only baseline (``alpha: 0`` and 
 head) and the CNN baseline (another ``encoder`` module); configuration decides which.
 
 Modules (``hparams["modules"]``): ``encoder`` (waveforms, or the features the data pipeline
-computes when ``features`` is configured -> ``[B, T, D]`` + frame counts), ``emotion_head``
-and, when ``alpha > 0``, ``ctc_head``.
+computes when ``features`` is configured -> ``[B, T, D]`` + frame counts) and the heads of
+the configured tasks (``tasks``, `mtl_ser.tasks`: by default ``emotion_head`` and, when
+``alpha > 0``, ``ctc_head``; other tasks build theirs). The Brain loops over the tasks for
+the forward pass, the losses (combined by ``task_weighting``), the stage sums and the
+metrics, and never names one.
 
-Checkpoints are chosen on *validation* UA only (or, with ``checkpoint_selection: last``, the
-last epoch). The test set is evaluated once, after training, from the chosen checkpoint;
-saving a checkpoint after the test pass is an error.
+Checkpoints are chosen on *validation* ``selection_metric`` only (UA by default; or, with
+``checkpoint_selection: last``, the last epoch). The test set is evaluated once, after
+training, from the chosen checkpoint; saving a checkpoint after the test pass is an error.
 
 Optimisation differs from ``sb.Brain`` where SpeechBrain 1.1 changes the science:
 - gradient accumulation applies every batch: the last, shorter window of an epoch is
@@ -60,7 +63,6 @@ import speechbrain as sb
 import torch
 import torch.nn.functional as F
 from speechbrain.dataio.dataloader import LoopedLoader
-from speechbrain.decoders.ctc import ctc_greedy_decode
 from speechbrain.nnet.schedulers import LinearWarmupScheduler
 from speechbrain.utils.checkpoints import (
     mark_as_loader,
@@ -79,9 +81,10 @@ from mtl_ser.checkpoints import (
 from mtl_ser.data.sampler import DistributedBatches
 from mtl_ser.data.text import CharVocabulary
 from mtl_ser.export import write_model_spec
-from mtl_ser.models.objective import Losses, MultiTaskObjective
 from mtl_ser.progress import is_terminal
 from mtl_ser.results import PredictionLog, write_run_outputs
+from mtl_ser.tasks import configured_tasks, parse_metric, task_context, tasks_identity
+from mtl_ser.tasks.weighting import PCGradWeighting, make_weighting
 
 logger = logging.getLogger(__name__)
 
@@ -129,10 +132,25 @@ def out_of_memory_message(batch, stage, device) -> str:
 class Outputs:
     """What `EmotionBrain.compute_forward` returns."""
 
-    emo_logits: torch.Tensor  # [B, C]
-    ctc_log_probs: torch.Tensor | None  # [B, T, V], None when alpha = 0
+    by_task: dict  # task name -> its head's output (e.g. emotion [B, C], ctc [B, T, V])
     frame_lens: torch.Tensor  # [B] true encoder frame counts
     augmented: bool = False  # batch_augment ran (its copies need their labels replicated)
+
+
+@dataclass
+class TaskLosses:
+    """A batch's losses: ``total`` (the training loss) and each task's by its loss key
+    (``parts["emo"]``, ``parts["ctc"]``, ...; also readable as attributes, None when the
+    run has no such task)."""
+
+    total: torch.Tensor
+    parts: dict
+    terms: dict  # loss key -> the task's term of the total (what PCGrad projects)
+
+    def __getattr__(self, key):
+        if key in ("parts", "terms", "total"):
+            raise AttributeError(key)
+        return self.parts.get(key)
 
 
 class EmotionBrain(sb.Brain):
@@ -162,29 +180,11 @@ class EmotionBrain(sb.Brain):
         self.labels = tuple(labels)
         self.vocab = vocab
         self.identity = identity
-        self.objective = MultiTaskObjective(
-            self.hparams.alpha,
-            blank_index=vocab.blank_index,
-            ctc_reduction=self.hparams.ctc_reduction,
-            ctc_sum_utterances=self.hparams.ctc_sum_utterances,
-            ctc_zero_infinity=self.hparams.ctc_zero_infinity,
-        )
         if self.hparams.grad_clip not in GRAD_CLIPS:
             raise ValueError(
                 f"grad_clip must be one of {list(GRAD_CLIPS)}, not {self.hparams.grad_clip!r}"
             )
-        if self.objective.ctc_enabled and "ctc_head" not in self.modules:
-            raise ValueError(f"alpha = {self.hparams.alpha} needs a ctc_head in modules")
-        if self.objective.ctc_enabled and self.modules.ctc_head.n_tokens != len(vocab):
-            raise ValueError(
-                f"ctc_head has {self.modules.ctc_head.n_tokens} outputs but the character "
-                f"vocabulary has {len(vocab)} symbols"
-            )
-        if "ctc_head" in self.modules and not self.objective.ctc_enabled:
-            # alpha = 0: no CTC head at all (not run, trained, DDP-wrapped or checkpointed).
-            del self.modules["ctc_head"]
-            if self.checkpointer is not None:
-                self.checkpointer.recoverables.pop("ctc_head", None)
+        self._attach_tasks()
         self.random_states = RandomStates()
         if self.checkpointer is not None:
             # Resume continues with the random numbers the uninterrupted run would draw,
@@ -196,7 +196,7 @@ class EmotionBrain(sb.Brain):
             # Planned on the bare encoder (before any DDP wrapping), with the heads that
             # remain (no CTC head at alpha = 0): they decide which hidden layers are stored.
             self._bare_encoder = self.modules.encoder
-            heads = [module for name, module in self.modules.items() if name != "encoder"]
+            heads = [self.modules[task.head_module] for task in self.tasks]
             self.encoder_cache.plan(self._bare_encoder, heads)
         self._cache_datasets: list = []
         self.batches_per_epoch = None
@@ -213,7 +213,43 @@ class EmotionBrain(sb.Brain):
         self._epoch_lines = False  # one summary line per epoch instead of progress bars
         self.stage_seconds: dict = {}
         if if_main_process():  # how to rebuild the model offline (mtl-ser export / predict)
-            write_model_spec(self.hparams.output_folder, self.modules, self.labels, vocab)
+            write_model_spec(
+                self.hparams.output_folder, self.modules, self.labels, vocab, self.tasks
+            )
+
+    def _attach_tasks(self) -> None:
+        """Builds the configured tasks (`mtl_ser.tasks`), their heads (added to the modules
+        and the checkpoint) and the task weighting. A ``*_head`` module of no configured
+        task (the CTC head at alpha = 0) is removed: not run, trained, DDP-wrapped or
+        checkpointed."""
+        hparams = vars(self.hparams)
+        self.tasks = configured_tasks(hparams, self.vocab)
+        context = task_context(hparams, self.labels)
+        for task in self.tasks:
+            head = task.build_head(context)
+            if head is not None:
+                self.modules[task.head_module] = head.to(self.device)
+                if self.checkpointer is not None:
+                    self.checkpointer.add_recoverable(task.head_module, head)
+            if task.head_module not in self.modules:
+                raise ValueError(f"task {task.name} needs a {task.head_module} in modules")
+            task.check_head(self.modules[task.head_module])
+        heads = {task.head_module for task in self.tasks}
+        for name in [n for n in self.modules if n.endswith("_head") and n not in heads]:
+            del self.modules[name]
+            if self.checkpointer is not None:
+                self.checkpointer.recoverables.pop(name, None)
+        self.task_weighting = make_weighting(
+            hparams.get("task_weighting", "fixed"), {t.loss_key: t.weight for t in self.tasks}
+        )
+        if any(True for _ in self.task_weighting.parameters()):
+            # Learned weights train with the heads and are saved with the checkpoints.
+            self.modules["task_weighting"] = self.task_weighting.to(self.device)
+            if self.checkpointer is not None:
+                self.checkpointer.add_recoverable("task_weighting", self.task_weighting)
+        if isinstance(self.task_weighting, PCGradWeighting) and self.distributed_launch:
+            raise ValueError("task_weighting: pcgrad is not supported under DDP (one process)")
+        self.selection = parse_metric(hparams.get("selection_metric", "emotion/ua"), self.tasks)
 
     # ----------------------------------------------------------------- forward / objectives
     def compute_forward(self, batch, stage) -> Outputs:
@@ -236,61 +272,52 @@ class EmotionBrain(sb.Brain):
         # One dropout mask on the last layer shared by both heads, as the released code's
         # `final_dropout` (heads reading a weighted sum of layers have their own dropout).
         hidden = F.dropout(enc.hidden, self.hparams.head_dropout, training=stage == sb.Stage.TRAIN)
-        emo_logits = self.modules.emotion_head(hidden, enc.lengths, enc.layers)
-        ctc = self.modules.ctc_head(hidden, enc.layers) if self.objective.ctc_enabled else None
-        return Outputs(emo_logits, ctc, enc.lengths, augmented)
+        by_task = {
+            task.name: task.forward(self.modules[task.head_module], hidden, enc.lengths, enc.layers)
+            for task in self.tasks
+        }
+        return Outputs(by_task, enc.lengths, augmented)
 
     def compute_objectives(self, outputs: Outputs, batch, stage) -> torch.Tensor:
-        """The weighted loss; keeps the batch's per-task losses and, outside training, its
-        predictions."""
-        emo = batch.emo_encoded.data.squeeze(-1)
-        tokens, token_rel = batch.tokens
-        token_lens = torch.round(token_rel * tokens.shape[1]).long()
-        ctc_mask = batch.ctc_mask.data.squeeze(-1)
+        """The weighted loss (``task_weighting`` over the tasks' losses); keeps the batch's
+        per-task losses and, outside training, its predictions."""
+        targets = {task.name: task.targets(batch) for task in self.tasks}
         if outputs.augmented:
-            # Augmented copies keep their utterance's emotion and transcript.
-            augment = self.hparams.batch_augment
-            emo, tokens, token_lens, ctc_mask = augment.replicate_multiple_labels(
-                emo, tokens, token_lens, ctc_mask
+            # Augmented copies keep their utterance's targets (emotion, transcript, ...).
+            flat = [t for task in self.tasks for t in targets[task.name]]
+            flat = iter(self.hparams.batch_augment.replicate_multiple_labels(*flat))
+            targets = {t.name: tuple(next(flat) for _ in targets[t.name]) for t in self.tasks}
+        parts = {
+            task.loss_key: task.loss(
+                outputs.by_task[task.name], targets[task.name], outputs.frame_lens
             )
-        losses = self.objective(
-            outputs.emo_logits,
-            emo,
-            outputs.ctc_log_probs,
-            outputs.frame_lens,
-            tokens,
-            token_lens,
-            ctc_mask,
-        )
-        self.batch_losses = losses
+            for task in self.tasks
+        }
+        terms = self.task_weighting.weighted(parts)
+        total = self.task_weighting.total(parts)
+        self.batch_losses = TaskLosses(total=total, parts=parts, terms=terms)
         if stage != sb.Stage.TRAIN:
+            fields = {}
+            for task in self.tasks:
+                output, target = outputs.by_task[task.name], targets[task.name]
+                fields.update(task.prediction_fields(output, target, outputs.frame_lens))
+                if task.name in self.predictions.task_logs:
+                    self.predictions.task_logs[task.name].add_batch(batch.id, output, target)
             self.predictions.add_batch(
                 batch.id,
-                outputs.emo_logits,
-                emo,
-                batch.wrd,
-                self.greedy_transcripts(outputs),
-                [bool(x) for x in batch.has_text],
-                [None if x is None else bool(x) for x in batch.scripted],
+                references=batch.wrd,
+                has_text=[bool(x) for x in batch.has_text],
+                scripted=[None if x is None else bool(x) for x in batch.scripted],
                 speakers=getattr(batch, "spk", None),
+                **fields,
             )
-        return losses.total
+        return total
 
-    def greedy_transcripts(self, outputs: Outputs) -> list[str] | None:
-        """Greedy CTC decoding of a batch, or None without CTC head."""
-        if outputs.ctc_log_probs is None:
-            return None
-        rel = outputs.frame_lens.float() / outputs.ctc_log_probs.shape[1]
-        ids = ctc_greedy_decode(outputs.ctc_log_probs, rel, blank_id=self.vocab.blank_index)
-        return [self.vocab.decode(seq) for seq in ids]
-
-    @staticmethod
-    def _loss_parts(losses: Losses) -> dict[str, torch.Tensor]:
-        """A batch's losses by stage-sum key ("loss", "loss_emo", and "loss_ctc" with a CTC
-        head): detached float32 0-dim tensors."""
-        parts = {"loss": losses.total.detach().float(), "loss_emo": losses.emo.detach().float()}
-        if losses.ctc is not None:
-            parts["loss_ctc"] = losses.ctc.detach().float()
+    def _loss_parts(self, losses: TaskLosses) -> dict[str, torch.Tensor]:
+        """A batch's losses by stage-sum key ("loss", then "loss_<task loss key>", e.g.
+        "loss_emo", "loss_ctc"): detached float32 0-dim tensors."""
+        parts = {"loss": losses.total.detach().float()}
+        parts.update({f"loss_{k}": v.detach().float() for k, v in losses.parts.items()})
         return parts
 
     def _add_to_sums(self, parts: dict) -> None:
@@ -413,7 +440,7 @@ class EmotionBrain(sb.Brain):
             if finite:
                 self._consecutive_nonfinite = 0
                 self._add_to_sums(values)
-                self.scaler.scale(loss / window_size).backward()
+                self._backward(loss, window_size)
                 self._window_applied += 1
                 self._window_synced = should_step
             else:
@@ -429,7 +456,21 @@ class EmotionBrain(sb.Brain):
         self.on_fit_batch_end(batch, outputs, loss, stepped)
         return loss.detach()
 
-    def _finite_values(self, losses: Losses) -> tuple[bool, dict[str, float]]:
+    def _backward(self, loss: torch.Tensor, window_size: int) -> None:
+        """The batch's backward pass (its share of the window: ``loss / window_size``), or
+        with ``task_weighting: pcgrad`` PCGrad's on the shared encoder's parameters."""
+        if not isinstance(self.task_weighting, PCGradWeighting):
+            self.scaler.scale(loss / window_size).backward()
+            return
+        shared = [p for p in self.modules.encoder.parameters() if p.requires_grad]
+        shared_ids = {id(p) for p in shared}
+        others = [
+            p for p in self.modules.parameters() if p.requires_grad and id(p) not in shared_ids
+        ]
+        terms = [self.scaler.scale(t / window_size) for t in self.batch_losses.terms.values()]
+        self.task_weighting.backward(terms, shared, others)
+
+    def _finite_values(self, losses: TaskLosses) -> tuple[bool, dict[str, float]]:
         """Whether a training batch's loss is finite in every process (all-reduced under
         DDP), and its losses as host floats (`_loss_parts` keys), fetched together: the
         batch's one host synchronisation."""
@@ -446,9 +487,9 @@ class EmotionBrain(sb.Brain):
         NonFiniteLossError after ``nonfinite_patience`` consecutive ones."""
         self.nonfinite_batches += 1
         self._consecutive_nonfinite += 1
-        parts = f"emotion {values['loss_emo']:.4g}"
-        if "loss_ctc" in values:
-            parts += f", CTC {values['loss_ctc']:.4g}"
+        parts = ", ".join(
+            f"{task.display} {values[f'loss_{task.loss_key}']:.4g}" for task in self.tasks
+        )
         ids = ", ".join(list(batch.id)[:4])
         if self._consecutive_nonfinite >= self.nonfinite_patience:
             raise NonFiniteLossError(
@@ -650,9 +691,9 @@ class EmotionBrain(sb.Brain):
         if self._stage != sb.Stage.TRAIN or not self.loss_batches:
             return avg_loss
         mean = {k: v / self.loss_batches for k, v in self.loss_sums.items()}
-        parts = f"emotion {mean['loss_emo']:.4f}"
-        if self.objective.ctc_enabled:
-            parts += f", CTC {mean['loss_ctc']:.4f}"
+        parts = ", ".join(
+            f"{task.display} {mean[f'loss_{task.loss_key}']:.4f}" for task in self.tasks
+        )
         return f"{mean['loss']:.4f} ({parts})"
 
     def on_evaluate_start(self, max_key=None, min_key=None):
@@ -677,16 +718,19 @@ class EmotionBrain(sb.Brain):
         self._stage = stage
         self._stage_start_time = time.monotonic()
         self._stage_resumed_seconds = 0.0
+        keys = ["loss"] + [f"loss_{task.loss_key}" for task in self.tasks]
         if stage == sb.Stage.TRAIN:
-            self.loss_sums = dict.fromkeys(("loss", "loss_emo", "loss_ctc"), 0.0)
+            self.loss_sums = dict.fromkeys(keys, 0.0)
         else:
             zero = torch.zeros((), device=self.device)
-            self.loss_sums = {k: zero.clone() for k in ("loss", "loss_emo", "loss_ctc")}
+            self.loss_sums = {k: zero.clone() for k in keys}
         self.loss_batches = 0
         self.nonfinite_batches = 0
         self.nonfinite_steps = 0
         self.stage_start_step = self.optimizer_step
-        self.predictions = PredictionLog(self.labels)
+        self.predictions = PredictionLog(
+            self.labels, task_logs={t.name: t.new_log() for t in self.tasks if t.new_log()}
+        )
         if stage == sb.Stage.TRAIN:
             if self._item_seeds is not None:
                 self._item_seeds.set_epoch(epoch)  # before the loader's workers draw
@@ -714,8 +758,9 @@ class EmotionBrain(sb.Brain):
     def _stage_losses(self) -> dict:
         n = max(self.loss_batches, 1)
         stats = {k: float(v) / n for k, v in self.loss_sums.items()}  # the stage's one sync
-        if not self.objective.ctc_enabled:
-            stats["loss_ctc"] = None
+        # The epoch log's columns since mtl-ser 0.1: null for a task the run does not have.
+        stats.setdefault("loss_emo", None)
+        stats.setdefault("loss_ctc", None)
         return stats
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
@@ -728,10 +773,11 @@ class EmotionBrain(sb.Brain):
                 **losses,
                 "nonfinite_batches": self.nonfinite_batches,
                 "nonfinite_steps": self.nonfinite_steps,
+                **self.task_weighting.stats(),  # learned log-variances (uncertainty)
             }
             self.epoch_steps = self.optimizer_step - self.stage_start_step
             return
-        metrics = self.predictions.metrics()
+        metrics = self._valid_metrics = self.predictions.metrics()
         stats = {
             **losses,
             "WA": metrics["wa"],
@@ -740,6 +786,9 @@ class EmotionBrain(sb.Brain):
             "WER": metrics["wer"],
             "CER": metrics["cer"],
         }
+        # The other tasks' metrics by name (dimensions/ccc_mean, gender/accuracy, ...).
+        for name, values in metrics.get("by_task", {}).items():
+            stats.update({f"{name}/{k}": v for k, v in values.items() if k != "num_utterances"})
         if stage == sb.Stage.VALID:
             self._end_of_epoch(epoch, stats)
         else:
@@ -751,7 +800,8 @@ class EmotionBrain(sb.Brain):
         if self.test_done:
             raise RuntimeError("a checkpoint was about to be chosen after the test pass")
         counter = self.hparams.epoch_counter
-        counter.update_metric(valid_stats["UA"])
+        selected = self.selection_value(valid_stats)
+        counter.update_metric(selected)
         lrs = {f"lr_{n}": opt.param_groups[0]["lr"] for n, opt in self.optimizers_dict.items()}
         self.hparams.train_logger.log_stats(
             stats_meta={"epoch": epoch, **lrs},
@@ -778,10 +828,31 @@ class EmotionBrain(sb.Brain):
                 print(_epoch_line(entry), file=sys.stderr, flush=True)
         self.random_states.gather()  # every DDP process's generators (a collective)
         self.checkpointer.save_and_keep_only(
-            meta={"UA": valid_stats["UA"], "WA": valid_stats["WA"], "epoch": epoch},
+            meta={
+                "UA": valid_stats["UA"],
+                "WA": valid_stats["WA"],
+                "epoch": epoch,
+                "selection": selected,
+            },
             importance_keys=[selection_key(self.hparams.checkpoint_selection)],
             num_to_keep=1,
         )
+
+    def selection_value(self, valid_stats: dict) -> float:
+        """The validation value that early stopping and ``checkpoint_selection:
+        best_valid`` maximise: ``selection_metric``'s (negated when lower is better; -inf
+        when it could not be computed)."""
+        task, metric, higher = self.selection
+        values = task.metric_values(self._valid_metrics)
+        if metric not in values:
+            raise ValueError(
+                f"selection_metric {task.name}/{metric}: task {task.name} has the metrics "
+                f"{sorted(values)}"
+            )
+        value = values[metric]
+        if value is None or not math.isfinite(value):
+            return -math.inf
+        return float(value) if higher else -float(value)
 
     def _end_of_test(self, stats: dict, metrics: dict) -> None:
         """Logs the test metrics and writes the run's result files (main process only)."""
@@ -793,9 +864,14 @@ class EmotionBrain(sb.Brain):
         self.hparams.experiment_tracker.log_test(self.identity, tested.meta["epoch"], stats)
         if not if_main_process():
             return
+        task, metric, _ = self.selection
         identity = {
             **self.identity,
-            **self.objective.describe(),
+            **tasks_identity(self.tasks),
+            "task_weighting": vars(self.hparams).get("task_weighting", "fixed"),
+            "learned_task_weights": self.task_weighting.stats() or None,
+            "selection_metric": f"{task.name}/{metric}",
+            "task_metrics": {t.name: t.metric_values(metrics) for t in self.tasks},
             "checkpoint_selection": self.hparams.checkpoint_selection,
             "best_epoch": tested.meta["epoch"],
             "valid_ua": tested.meta["UA"],

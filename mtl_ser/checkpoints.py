@@ -232,7 +232,8 @@ def has_valid_metrics(checkpoint: Checkpoint) -> bool:
 def selection_key(selection: str):
     """The importance key of ``checkpoint_selection`` over end-of-epoch checkpoints:
 
-    - "best_valid": the highest validation UA; among ties the earliest epoch (the early
+    - "best_valid": the highest validation value of ``selection_metric`` (UA by default;
+      negated for a metric where lower is better); among ties the earliest epoch (the early
       stopper does not count a tie as an improvement either);
     - "last": the latest epoch.
 
@@ -249,7 +250,9 @@ def selection_key(selection: str):
         epoch = checkpoint.meta["epoch"]
         if selection == "last":
             return (1, float(epoch), 0)
-        return (1, float(checkpoint.meta["UA"]), -epoch)
+        # The selection metric's value (higher is better); checkpoints saved before
+        # selection_metric existed chose on validation UA.
+        return (1, float(checkpoint.meta.get("selection", checkpoint.meta["UA"])), -epoch)
 
     return key
 

@@ -457,6 +457,6 @@ def validation_logits(brain, valid_set, loader_kwargs: dict):
     for batch in loader:
         with brain.evaluation_ctx:
             outputs = brain.compute_forward(batch, stage=sb.Stage.VALID)
-        logits.append(outputs.emo_logits.float().cpu())
+        logits.append(outputs.by_task["emotion"].float().cpu())  # the emotion task's logits
         targets.append(batch.emo_encoded.data.squeeze(-1).cpu())
     return torch.cat(logits).numpy(), torch.cat(targets).numpy()

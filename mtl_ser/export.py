@@ -30,7 +30,13 @@ from mtl_ser.checkpoints import CrashSafeCheckpointer, find_selected_checkpoint
 from mtl_ser.data.audio import SAMPLE_RATE
 from mtl_ser.data.labels import LabelSet
 from mtl_ser.data.text import CharVocabulary
-from mtl_ser.model_spec import INFERENCE_MODULES, SPEC_FORMAT, build_module, validate_spec
+from mtl_ser.model_spec import (
+    INFERENCE_MODULES,
+    SPEC_FORMAT,
+    TASK_EXPORT_KINDS,
+    build_module,
+    validate_spec,
+)
 from mtl_ser.models.peft_tuning import merged_encoder_state
 
 SPEC_FILE = "model_spec.json"
@@ -50,6 +56,7 @@ def write_model_spec(
     modules: dict[str, torch.nn.Module],
     labels: tuple[str, ...],
     vocab: CharVocabulary,
+    tasks=(),
 ) -> Path:
     """Writes ``model_spec.json`` for the inference modules present in ``modules``.
 
@@ -58,6 +65,8 @@ def write_model_spec(
         modules: the Brain's modules (encoder, emotion_head and, with CTC, ctc_head).
         labels: class order.
         vocab: CTC vocabulary.
+        tasks: the run's tasks (`mtl_ser.tasks.base.Task`): those with `export_info` (the
+            dimensions and speaker-attribute tasks) add their head and what predict needs.
 
     Returns: the path written.
     """
@@ -71,6 +80,14 @@ def write_model_spec(
         "sample_rate": SAMPLE_RATE,
         "channels": "mean",  # multi-channel input is averaged to mono
     }
+    exported = {
+        t.name: {**t.export_info(), "head": t.head_module} for t in tasks if t.export_info()
+    }
+    exported = {n: t for n, t in exported.items() if t["kind"] in TASK_EXPORT_KINDS}
+    if exported:
+        spec["tasks"] = exported
+        for task in exported.values():
+            spec["modules"][task["head"]] = module_spec(modules[task["head"]])
     path = Path(folder) / SPEC_FILE
     # Refuse now, not at export time, a model that could not be loaded back.
     validate_spec(json.loads(json.dumps(spec)), path)

@@ -33,6 +33,9 @@ from mtl_ser.models.heads import POOLINGS
 from mtl_ser.models.objective import CTC_REDUCTIONS
 from mtl_ser.models.peft_tuning import FINETUNING, resolve_finetuning
 from mtl_ser.models.whisper import WHISPER_INPUTS
+from mtl_ser.tasks import configured_tasks, parse_metric
+from mtl_ser.tasks.balance import CLASS_WEIGHTINGS
+from mtl_ser.tasks.weighting import TASK_WEIGHTINGS
 
 
 class ConfigError(ValueError):
@@ -151,6 +154,10 @@ RULES: dict[str, Rule] = {
     "layerdrop": optional(number(0.0, 1.0)),
     "padding_aware": boolean,
     "gradient_checkpointing": boolean,
+    "task_weighting": choice(*TASK_WEIGHTINGS),
+    "class_weighting": choice(*CLASS_WEIGHTINGS),
+    "class_weighting_beta": number(0.0, 1.0),
+    "sampling": choice("natural", "class_balanced"),
 }
 # Keys every recipe reads: an hparams file without one is refused before any work.
 REQUIRED = ("recipe", "seed", "alpha", "output_folder", "skip_prep")
@@ -223,6 +230,7 @@ def check_hparams(
                     f"{_flag(key, effective[key], cli_keys)}: {key} must be {allowed}"
                 )
     _check_fold(effective, cli_keys)
+    _check_tasks(effective)
     _check_device(run_opts, cli_keys)
     _check_encoder(effective, cli_keys)
     _check_tracker(effective, cli_keys)
@@ -233,6 +241,26 @@ def check_hparams(
     _check_data(effective)
     _check_writable(Path(effective["output_folder"]))
     return config
+
+
+def _check_tasks(config: dict) -> None:
+    """The ``tasks`` mapping builds (known kinds and options, CTC weight from alpha),
+    ``selection_metric`` names one of its tasks, and ``sampling: class_balanced`` comes
+    with length-grouped batches."""
+    from mtl_ser.data.text import CharVocabulary
+
+    try:
+        tasks = configured_tasks(config, CharVocabulary())
+        parse_metric(config.get("selection_metric", "emotion/ua"), tasks)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if config.get("sampling") == "class_balanced" and (
+        config.get("dynamic_batching") or config.get("sorting") != "grouped"
+    ):
+        raise ConfigError(
+            "sampling: class_balanced groups batches by length itself: it needs sorting: "
+            "grouped and dynamic_batching: False"
+        )
 
 
 def _check_fold(config: dict, cli_keys: set[str]) -> None:

@@ -29,6 +29,7 @@ from mtl_ser.prediction_types import (  # noqa: F401  (AUDIO_EXTENSIONS: part of
     WindowPrediction,
     window_bounds,
 )
+from mtl_ser.tasks import TASK_KINDS
 
 # A 2-D waveform is [channels, time]; more rows than this is more likely a batch of
 # recordings or a [time, channels] array, so it is refused rather than guessed.
@@ -55,6 +56,10 @@ class EmotionRecognizer:
         self.device = torch.device(device)
         self.modules = {name: m.to(self.device).eval() for name, m in model.modules.items()}
         self.has_ctc = "ctc_head" in self.modules
+        # The exported tasks besides emotion / CTC (shipped kinds only: nothing is imported
+        # by a name read from a model file).
+        spec_tasks = (model.spec or {}).get("tasks", {})
+        self.tasks = {name: (TASK_KINDS[t["kind"]], t) for name, t in spec_tasks.items()}
 
     # ------------------------------------------------------------------------------ public
     def predict(self, audio, sample_rate: int | None = None) -> Prediction:
@@ -207,7 +212,7 @@ class EmotionRecognizer:
         self, waveforms: list[torch.Tensor], names: list, batch_size: int, progress=False
     ) -> list[Prediction]:
         segments, owner = self._segments(waveforms)
-        probs, transcripts, frames = self._score(segments, batch_size, progress)
+        probs, transcripts, frames, task_values = self._score(segments, batch_size, progress)
         rate = self.model.sample_rate
         per_file: list[list[int]] = [[] for _ in waveforms]
         for s, (i, _, _) in enumerate(owner):
@@ -220,6 +225,11 @@ class EmotionRecognizer:
                 continue
             weights = torch.tensor([segments[s].shape[0] for s in segment_ids], dtype=torch.float)
             overall = (probs[segment_ids] * weights[:, None]).sum(0) / weights.sum()
+            tasks = {}
+            for task_name, (cls, info) in self.tasks.items():
+                values = task_values[task_name][segment_ids]
+                mean = (values * weights[:, None]).sum(0) / weights.sum()
+                tasks[task_name] = cls.describe_values(mean, info)
             windows = [
                 WindowPrediction(
                     start=owner[s][1] / rate,
@@ -241,6 +251,7 @@ class EmotionRecognizer:
                     transcript=text,
                     duration=duration,
                     windows=windows,
+                    tasks=tasks,
                 )
             )
         return out
@@ -283,17 +294,25 @@ class EmotionRecognizer:
     def _score(self, segments: list[torch.Tensor], batch_size: int, progress):
         """Runs the model on segments.
 
-        Returns: (probabilities ``[N, C]``, transcripts or None, frame counts ``[N]``).
+        Returns: (probabilities ``[N, C]``, transcripts or None, frame counts ``[N]``,
+        ``{task: [N, K] values}`` of the other exported tasks).
         """
         n = len(segments)
         lengths = torch.tensor([s.shape[0] for s in segments])
         frames = self.modules["encoder"].output_lengths(lengths)
         probs = torch.zeros(n, len(self.labels))
         transcripts = [""] * n if self.has_ctc else None
+        task_values = {}
         for batch, enc in self._encoded_batches(segments, batch_size, progress, "scoring"):
             logits = self.modules["emotion_head"](enc.hidden, enc.lengths, enc.layers)
             # Temperature scaling fitted on validation (1 without calibration).
             probs[batch] = torch.softmax(logits.float() / self.model.temperature, dim=-1).cpu()
+            for task_name, (cls, info) in self.tasks.items():
+                out = self.modules[info["head"]](enc.hidden, enc.lengths, enc.layers)
+                values = cls.window_values(out).cpu()
+                if task_name not in task_values:
+                    task_values[task_name] = torch.zeros(n, values.shape[1])
+                task_values[task_name][batch] = values
             if self.has_ctc:
                 log_probs = self.modules["ctc_head"](enc.hidden, enc.layers)
                 rel_frames = enc.lengths.float() / log_probs.shape[1]
@@ -301,7 +320,7 @@ class EmotionRecognizer:
                 ids = ctc_greedy_decode(log_probs, rel_frames, blank_id=blank)
                 for s, seq in zip(batch, ids, strict=True):
                     transcripts[s] = self.model.vocab.decode(seq)
-        return probs, transcripts, frames.cpu()
+        return probs, transcripts, frames.cpu(), task_values
 
     def _pool(self, enc, layer) -> torch.Tensor:
         """Utterance vectors ``[B, D]`` of an encoded batch for `embed`'s ``layer``."""

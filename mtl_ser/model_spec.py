@@ -10,6 +10,7 @@ code runs: a tampered file is refused with an error naming the file and what is 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -239,11 +240,21 @@ def _vocab(value, key):
     return value
 
 
+# Heads of the other tasks (`tasks` below): "<task>_head", built as an EmotionHead only.
+_TASK_HEAD = re.compile(r"[a-z][a-z0-9_]{0,40}_head")
+TASK_HEAD_CLASS = "mtl_ser.models.heads.EmotionHead"
+
+
 def _module_specs(value, key):
+    names = (
+        [n for n in value if isinstance(n, str) and _TASK_HEAD.fullmatch(n)]
+        if isinstance(value, dict)
+        else []
+    )
     modules = _mapping(
         value,
         key,
-        {name: (lambda v, k: v) for name in INFERENCE_MODULES},
+        {name: (lambda v, k: v) for name in (*INFERENCE_MODULES, *names)},
         required=("encoder", "emotion_head"),
     )
     for name, spec in modules.items():
@@ -254,10 +265,49 @@ def _module_specs(value, key):
                 f"{where}.class {spec.get('class')!r} is not a buildable module; allowed: "
                 f"{sorted(BUILDABLE)}"
             )
+        if name not in INFERENCE_MODULES and spec["class"] != TASK_HEAD_CLASS:
+            raise SpecError(f"{where}.class must be {TASK_HEAD_CLASS}, not {spec['class']!r}")
         _, schema, required = BUILDABLE[spec["class"]]
         spec["kwargs"] = _mapping(spec.get("kwargs", {}), f"{where}.kwargs", schema, required)
         modules[name] = spec
     return modules
+
+
+# What predict needs of each exported task besides its head (`Task.export_info`).
+TASK_EXPORT_KINDS = ("dimensions", "speaker_attribute")
+
+
+def _names(value, key):
+    if not isinstance(value, list) or not value or not all(isinstance(x, str) for x in value):
+        raise SpecError(f"{key} must be a non-empty list of names, not {value!r}")
+    return value
+
+
+def _task_specs(value, key):
+    if not isinstance(value, dict):
+        raise SpecError(f"{key} must be a mapping, not {type(value).__name__}")
+    out = {}
+    for name, task in value.items():
+        where = f"{key}.{name}"
+        task = _mapping(
+            task,
+            where,
+            {
+                "kind": _choice(TASK_EXPORT_KINDS),
+                "head": lambda v, k: (
+                    v if isinstance(v, str) and _TASK_HEAD.fullmatch(v) else _bad(k, v)
+                ),
+                "dimensions": _names,
+                "classes": _labels,
+            },
+            required=("kind", "head"),
+        )
+        out[name] = task
+    return out
+
+
+def _bad(key, value):
+    raise SpecError(f"{key} is not a task head's name: {value!r}")
 
 
 _SPEC = {
@@ -267,11 +317,12 @@ _SPEC = {
     "vocab": _vocab,
     "sample_rate": lambda v, k: _int(v, k, 1000, 384000),
     "channels": _choice(("mean",)),
+    "tasks": _task_specs,
     # Optional: the emotion logits are divided by it (temperature scaling fitted on
     # validation, `mtl_ser.calibration`).
     "temperature": lambda v, k: _float(v, k, 1e-3, 1e3),
 }
-_OPTIONAL_SPEC_KEYS = ("temperature",)
+_OPTIONAL_SPEC_KEYS = ("temperature", "tasks")
 
 
 def validate_spec(spec, source: str | Path) -> dict:
@@ -281,7 +332,11 @@ def validate_spec(spec, source: str | Path) -> dict:
     """
     try:
         required = tuple(k for k in _SPEC if k not in _OPTIONAL_SPEC_KEYS)
-        return _mapping(spec, "spec", _SPEC, required=required)
+        spec = _mapping(spec, "spec", _SPEC, required=required)
+        for name, task in spec.get("tasks", {}).items():
+            if task["head"] not in spec["modules"]:
+                raise SpecError(f"spec.tasks.{name}.head {task['head']!r} is not in modules")
+        return spec
     except SpecError as err:
         raise SpecError(f"{source}: refusing to load this model: {err}") from None
 

@@ -47,7 +47,8 @@ def apply_min_confidence(predictions: list[Prediction], threshold: float) -> int
 
 def rows(predictions: list[Prediction], labels: tuple[str, ...]) -> list[dict]:
     """Flat rows: path, emotion (``abstained`` below the confidence asked for), p_<class>...,
-    transcript, duration, windows, window_emotions (``;``-separated), error."""
+    transcript, duration, windows, window_emotions (``;``-separated), error, then the other
+    tasks' predictions (``<task>_<dimension>``; ``<task>``, ``<task>_p_<class>``...)."""
     out = []
     for p in predictions:
         row = {"path": p.path, "emotion": ABSTAINED if p.abstained else p.emotion}
@@ -59,6 +60,7 @@ def rows(predictions: list[Prediction], labels: tuple[str, ...]) -> list[dict]:
             window_emotions=";".join(w.emotion for w in p.windows),
             error=p.error,
         )
+        row.update(_task_cells(p.tasks))
         out.append(row)
     return out
 
@@ -100,7 +102,9 @@ def write_predictions(
     table = rows(predictions, labels)
 
     def write(handle) -> None:
-        writer = csv.DictWriter(handle, fieldnames=list(table[0]) if table else ["path"])
+        # Every row's columns (a failed file has no task columns).
+        fields = list(dict.fromkeys(k for row in table for k in row)) or ["path"]
+        writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(table)
 
@@ -155,3 +159,17 @@ def write_embeddings(embeddings: list[Embedding], output: str | Path) -> list[Pa
     atomic_write(output, lambda tmp: np.save(tmp, matrix))
     atomic_write(ids, lambda tmp: tmp.write_text("".join(f"{p}\n" for p in paths)))
     return [output, ids]
+
+
+def _task_cells(tasks: dict) -> dict:
+    """A recording's other-task predictions as flat columns."""
+    cells = {}
+    for name, value in tasks.items():
+        for key, v in value.items():
+            if key == "label":
+                cells[name] = v
+            elif isinstance(v, dict):
+                cells.update({f"{name}_p_{c}": p for c, p in v.items()})
+            else:
+                cells[f"{name}_{key}"] = v
+    return cells

@@ -41,6 +41,9 @@ class Prediction:
     windows: list[WindowPrediction] = field(default_factory=list)
     error: str | None = None
     abstained: bool = False
+    # The other tasks' predictions by task name (A/V/D values, a speaker attribute's label
+    # and probabilities), over the whole recording.
+    tasks: dict = field(default_factory=dict)
 
 
 @dataclass

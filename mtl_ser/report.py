@@ -11,8 +11,9 @@ run's full setting, see `mtl_ser.report_rows`) and writes to R (default O):
   WA and UA of the summed confusion matrix (Cai et al. report pooled WA: correct / all test
   utterances); folds found against the protocol's folds; the setting keys that differ
   between the rows; then one line per run.
-- ``summary.csv`` (one row per setting) and ``runs.csv`` (one per run), with metrics as
-  fractions at full precision.
+- ``summary.csv`` (one row per setting) and ``runs.csv`` (one per run, with a column per
+  metric of the runs' other tasks, ``<task>/<metric>``), with metrics as fractions at full
+  precision.
 - ``alpha_ablation.png``: UA and WA (top) and WER (bottom) against alpha, error bars = sample
   std over folds; alpha = 0 sits on its own short axis labelled "0", left of the log axis.
 - ``confusion_<recipe>_<protocol>_alpha<alpha>[_<differences>].png``: the summed confusion
@@ -230,11 +231,13 @@ def write_csvs(rows: list[Row], output_folder: Path) -> tuple[Path, Path]:
                 + [repr(row.pooled_wa), repr(row.pooled_ua), int(row.confusion.sum())]
                 + [" ".join(row.labels), json.dumps(row.setting, sort_keys=True)]
             )
+    task_columns = run_task_metrics(rows)
     with written_whole(per_run) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
             ["recipe", "protocol", "alpha", "setting_digest", "fold", "seed", *METRICS]
             + ["num_utterances", "best_epoch", "valid_ua", "encoder", "path"]
+            + [f"{task}/{metric}" for task, metric in task_columns]
         )
         for row in rows:
             for run in row.runs:
@@ -244,8 +247,28 @@ def write_csvs(rows: list[Row], output_folder: Path) -> tuple[Path, Path]:
                     + [_number(run.get(m)) for m in METRICS]
                     + [run.get(k) for k in ("num_utterances", "best_epoch", "valid_ua")]
                     + [run.get("encoder"), run["path"]]
+                    + [
+                        _number((run.get("task_metrics") or {}).get(task, {}).get(metric))
+                        for task, metric in task_columns
+                    ]
                 )
     return summary, per_run
+
+
+def run_task_metrics(rows: list[Row]) -> list[tuple[str, str]]:
+    """The (task, metric) pairs of the runs' other tasks (``task_metrics`` in results.json,
+    e.g. dimensions / ccc_mean, gender / accuracy), in first-seen order: runs.csv gives each
+    a column. The emotion and CTC metrics have their own columns already."""
+    pairs: dict = {}
+    for row in rows:
+        for run in row.runs:
+            for task, metrics in (run.get("task_metrics") or {}).items():
+                if task in ("emotion", "ctc") or not isinstance(metrics, dict):
+                    continue
+                for metric, value in metrics.items():
+                    if metric != "num_utterances" and (value is None or isinstance(value, float)):
+                        pairs[(task, metric)] = None
+    return list(pairs)
 
 
 # ------------------------------------------------------------------------------------ main

@@ -59,6 +59,9 @@ class PredictionLog:
 
     labels: tuple[str, ...]
     rows: list[Prediction] = field(default_factory=list)
+    # The other tasks' logs by task name (`mtl_ser.tasks.base.TaskLog`): their metrics go
+    # under "tasks" and their columns into predictions.csv.
+    task_logs: dict = field(default_factory=dict)
     # Unrounded emotion logits [C] per row, in row order (calibration figures).
     logits: list = field(default_factory=list)
 
@@ -68,12 +71,13 @@ class PredictionLog:
         logits: torch.Tensor,
         targets: torch.Tensor,
         references: list[str],
-        hypotheses: list[str] | None,
-        has_text: list[bool],
-        scripted: list,
+        hypotheses: list[str] | None = None,
+        has_text: list[bool] = (),
+        scripted: list = (),
         speakers: list | None = None,
     ) -> None:
-        """Adds a batch: logits ``[B, C]``, targets ``[B]``, and per-utterance lists
+        """Adds a batch: emotion logits ``[B, C]`` and targets ``[B]``, the transcripts,
+        the greedy CTC ``hypotheses`` (None without CTC), and per-utterance flags
         (``speakers`` None when unknown)."""
         probs = torch.softmax(logits.detach().float(), dim=-1).cpu()
         self.logits.extend(logits.detach().float().cpu().numpy())
@@ -114,6 +118,8 @@ class PredictionLog:
             out["wer" + suffix] = rates.get("wer")
             out["cer" + suffix] = rates.get("cer")
             out["num_wer_utterances" + suffix] = len(subset) if has_ctc else 0
+        if self.task_logs:
+            out["by_task"] = {name: log.metrics() for name, log in self.task_logs.items()}
         return out
 
     def write_csv(self, path: str | Path) -> None:
@@ -124,12 +130,14 @@ class PredictionLog:
             writer.writerow(
                 ["id", "true", "predicted", *(f"p_{c}" for c in self.labels)]
                 + ["reference", "hypothesis", "has_text", "scripted", "speaker"]
+                + [f"{n}_{c}" for n, log in self.task_logs.items() for c in log.columns()]
             )
             for r in sorted(self.rows, key=lambda r: r.id):
                 writer.writerow(
                     [r.id, self.labels[r.true], self.labels[r.predicted], *r.probabilities]
                     + [r.reference, "" if r.hypothesis is None else r.hypothesis, r.has_text]
                     + ["" if r.scripted is None else r.scripted, r.speaker or ""]
+                    + [cell for log in self.task_logs.values() for cell in log.row(r.id)]
                 )
 
 

@@ -224,7 +224,7 @@ class EncoderCache:
             and not any(word in k for word in _TRAINING_ONLY)
         }
         if self.kind == "hidden":
-            reads_layers = [h.layer_sum is not None for h in heads]
+            reads_layers = [getattr(h, "layer_sum", None) is not None for h in heads]
             self.slots = ("hidden",) * (not all(reads_layers)) + ("layers",) * any(reads_layers)
             frozen = encoder.model
             self.width = encoder.output_size

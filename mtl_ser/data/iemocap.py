@@ -35,7 +35,12 @@ FULL_RELEASE_4CLASS_PER_SESSION = {1: 1085, 2: 1023, 3: 1151, 4: 1031, 5: 1241}
 _UTT_ID = re.compile(
     r"Ses(?P<session>\d\d)(?P<marker>[FM])_(?P<rest>.+)_(?P<gender>[FM])[A-Za-z0-9]*"
 )
-_LABEL_LINE = re.compile(r"\[\s*[\d.]+\s*-\s*[\d.]+\s*\]\t(?P<id>\S+)\t(?P<label>\S+)\t\[.*\]")
+# The summary line: [start - end] TURN_NAME EMOTION [V, A, D], the bracket holding the
+# attribute annotators' mean valence, activation (arousal) and dominance on 1-5 scales, in
+# that order (the release's EmoEvaluation header: "[V, A, D]").
+_LABEL_LINE = re.compile(
+    r"\[\s*[\d.]+\s*-\s*[\d.]+\s*\]\t(?P<id>\S+)\t(?P<label>\S+)\t\[(?P<vad>[^\]]*)\]"
+)
 _TRANSCRIPT_LINE = re.compile(r"(?P<id>Ses\S+) \[[\d.]+-[\d.]+\]:\s?(?P<text>.*)")
 
 
@@ -80,6 +85,10 @@ class Utterance:
     spk: str
     gender: str
     scripted: bool
+    # The annotators' mean dimensions (1-5) of the label line; None when unreadable.
+    valence: float | None = None
+    arousal: float | None = None
+    dominance: float | None = None
 
     @property
     def wrd(self) -> str:
@@ -150,6 +159,23 @@ def read_label_file(path: Path) -> list[tuple[str, str]]:
     return entries
 
 
+def read_label_dimensions(path: Path) -> dict[str, tuple[float, float, float]]:
+    """The summary lines' ``[V, A, D]`` of one EmoEvaluation file: ``{utterance_id:
+    (valence, arousal, dominance)}``; lines whose bracket is not three numbers are left out."""
+    out = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        match = _LABEL_LINE.match(line.strip("\r"))
+        if not match:
+            continue
+        try:
+            values = tuple(float(x) for x in match["vad"].split(","))
+        except ValueError:
+            continue
+        if len(values) == 3:
+            out[match["id"]] = values
+    return out
+
+
 def read_transcript_file(path: Path) -> tuple[dict[str, str], list[str]]:
     """Reads one transcription file.
 
@@ -205,6 +231,7 @@ def scan_iemocap(
     root = Path(data_folder)
     report = ScanReport()
     labels: dict[str, str] = {}
+    dimensions: dict[str, tuple[float, float, float]] = {}
     texts: dict[str, str] = {}
     wavs: dict[str, Path] = {}
     for session in SESSIONS:
@@ -220,6 +247,7 @@ def scan_iemocap(
                 if utt_id in labels:
                     report.duplicate_labels.append(utt_id)
                 labels[utt_id] = label
+            dimensions.update(read_label_dimensions(path))
         for path in _text_files(dialog_dir / "transcriptions"):
             file_texts, unparsed = read_transcript_file(path)
             texts.update(file_texts)
@@ -264,6 +292,13 @@ def scan_iemocap(
                 spk=info.spk,
                 gender=info.gender,
                 scripted="_script" in info.dialog,
+                **dict(
+                    zip(
+                        ("valence", "arousal", "dominance"),
+                        dimensions.get(utt_id, ()),
+                        strict=False,
+                    )
+                ),
             )
         )
     if bad:

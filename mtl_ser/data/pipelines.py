@@ -39,12 +39,14 @@ from speechbrain.dataio.sampler import DynamicBatchSampler
 from torch.utils.data import BatchSampler, SequentialSampler
 
 from mtl_ser.data.audio import SAMPLE_RATE, load_audio
+from mtl_ser.data.balanced_sampler import ClassBalancedBatchSampler
 from mtl_ser.data.encoder_cache import EncoderCache
 from mtl_ser.data.feature_cache import FeatureSource
 from mtl_ser.data.labels import LabelSet
 from mtl_ser.data.manifest import ManifestError, check_min_duration, load_manifest
 from mtl_ser.data.sampler import LengthGroupedBatchSampler, ddp_world_size, distributed_batches
 from mtl_ser.data.text import CharVocabulary
+from mtl_ser.tasks import task_columns
 
 OUTPUT_KEYS = [
     "id",
@@ -133,6 +135,7 @@ def add_pipelines(
     train: bool = False,
     encoder_cache: EncoderCache | None = None,
     item_seeds: ItemSeeds | None = None,
+    columns: list[str] = (),
 ) -> None:
     """Attaches the dynamic items described in the module docstring.
 
@@ -149,6 +152,8 @@ def add_pipelines(
             whole (the cache refuses ``max_len``).
         item_seeds: crops and augmentation draw from generators seeded per utterance and
             epoch (`ItemSeeds`); None: from the process's generators.
+        columns: further manifest columns passed through as static keys (the configured
+            tasks' targets, `mtl_ser.tasks.task_columns`).
     """
 
     # The draws of one utterance (by id: a moved corpus crops alike): seeded for it alone,
@@ -204,9 +209,45 @@ def add_pipelines(
 
     for pipeline in (encoder_input, emotion, text):
         dataset.add_dynamic_item(pipeline)
+    for column in columns:
+        dataset.add_dynamic_item(_column_item(column))
     # The speaker, for predictions.csv, where the records have one (manifests always do).
     speaker = ["spk"] if all("spk" in r for r in dataset.data.values()) else []
-    dataset.set_output_keys(OUTPUT_KEYS + [key] + speaker)
+    dataset.set_output_keys(OUTPUT_KEYS + [key] + speaker + [column_key(c) for c in columns])
+
+
+def column_key(column: str) -> str:
+    """The batch key of a task's manifest column (`mtl_ser.tasks.base.batch_column`)."""
+    return f"column_{column}"
+
+
+def _column_item(column: str):
+    """A manifest column as text ("" when missing): numbers and missing values do not
+    collate into one tensor, and each task parses its own."""
+
+    @sb.utils.data_pipeline.takes(column)
+    @sb.utils.data_pipeline.provides(column_key(column))
+    def item(value):
+        return "" if value is None else str(value)
+
+    return item
+
+
+def check_task_columns(dataset: DynamicItemDataset, columns: list[str], name: str) -> None:
+    """The tasks' manifest columns: a column no record has is an error naming it (a task
+    configured for a manifest that lacks its targets); records without it get None (their
+    task skips them)."""
+    for column in columns:
+        having = sum(column in record for record in dataset.data.values())
+        if not having:
+            raise ManifestError(
+                f"{name}: no record has the column {column!r} that a configured task reads: "
+                "re-prepare the corpus (IEMOCAP, MSP-Podcast and CSV corpora write A/V/D and "
+                "gender) or remove the task from tasks:"
+            )
+        if having < len(dataset.data):
+            for record in dataset.data.values():
+                record.setdefault(column, None)
 
 
 def check_labels(dataset: DynamicItemDataset, label_set: LabelSet, name: str) -> None:
@@ -253,10 +294,12 @@ def dataio_prep(hparams: dict, label_set: LabelSet, vocab: CharVocabulary) -> di
         )
     datasets = {}
     item_seeds = ItemSeeds(hparams["seed"])
+    columns = task_columns(hparams)
     for split in ("train", "valid", "test"):
         dataset = load_dataset(hparams[f"{split}_annotation"], hparams["data_folder"])
         check_labels(dataset, label_set, hparams[f"{split}_annotation"])
         check_min_duration(dataset.data, hparams[f"{split}_annotation"])
+        check_task_columns(dataset, columns, hparams[f"{split}_annotation"])
         max_len = hparams["max_len"] if split == "train" else None
         add_pipelines(
             dataset,
@@ -267,6 +310,7 @@ def dataio_prep(hparams: dict, label_set: LabelSet, vocab: CharVocabulary) -> di
             train=split == "train",
             encoder_cache=None if split == "test" else hparams["encoder_cache"],
             item_seeds=item_seeds if split == "train" else None,
+            columns=columns,
         )
         datasets[split] = dataset
     assert_test_is_held_out(datasets)
@@ -332,7 +376,8 @@ def train_loader_options(hparams: dict, train_data: DynamicItemDataset, device="
     - ``ascending`` / ``descending``: consecutive utterances of the sorted set;
 
     or, with ``dynamic_batching: True`` (which replaces ``sorting``), length-bucketed
-    batches of at most ``max_batch_length`` seconds (after cropping to ``max_len``).
+    batches of at most ``max_batch_length`` seconds (after cropping to ``max_len``); or,
+    with ``sampling: class_balanced``, `ClassBalancedBatchSampler` (grouped like ``grouped``).
     """
     options = worker_options(hparams, hparams["train_dataloader_opts"], device)
     batch_size = options.pop("batch_size")
@@ -352,6 +397,17 @@ def train_loader_options(hparams: dict, train_data: DynamicItemDataset, device="
     # The random crop comes after batching, in the pipeline: what a batch pads to is
     # the cropped length.
     lengths = [min(train_data.data[i]["duration"], max_len) for i in train_data.data_ids]
+    if hparams.get("sampling", "natural") == "class_balanced":
+        if hparams["dynamic_batching"] or hparams["sorting"] != "grouped":
+            raise ValueError(
+                "sampling: class_balanced groups batches by length itself: it needs "
+                "sorting: grouped and dynamic_batching: False"
+            )
+        labels = [train_data.data[i]["emo"] for i in train_data.data_ids]
+        sampler = ClassBalancedBatchSampler(
+            lengths, labels, batch_size, pool=hparams["group_pool"], seed=hparams["seed"]
+        )
+        return {**options, "batch_sampler": distributed_batches(sampler)}
     if hparams["sorting"] == "grouped":
         sampler = LengthGroupedBatchSampler(
             lengths, batch_size, pool=hparams["group_pool"], seed=hparams["seed"]

@@ -30,6 +30,10 @@ def scanned_record(u: Utterance, root: Path) -> dict:
         "session": u.session,
         "dialog": u.dialog,
         "scripted": u.scripted,
+        # Dimensional emotion: the annotators' means (1-5), for the `dimensions` task.
+        "arousal": u.arousal,
+        "valence": u.valence,
+        "dominance": u.dominance,
     }
 
 

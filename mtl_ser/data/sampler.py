@@ -79,7 +79,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     def batches(self) -> list[list[int]]:
         """The batches of the current epoch, in the order they are yielded."""
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.lengths), generator=generator)
+        order = self.draw(generator)
         pool_size = self.pool * self.batch_size
         batches = []
         for start in range(0, len(order), pool_size):
@@ -97,6 +97,10 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         first = max(range(len(shuffled)), key=lambda i: self._padded_size(shuffled[i]))
         shuffled.insert(0, shuffled.pop(first))
         return shuffled
+
+    def draw(self, generator: torch.Generator) -> torch.Tensor:
+        """The epoch's utterances in random order (each once): ``[N]`` indices."""
+        return torch.randperm(len(self.lengths), generator=generator)
 
     def _padded_size(self, batch: list[int]) -> tuple[float, int]:
         return float(self.lengths[batch].max()), len(batch)

@@ -312,11 +312,11 @@ def test_fit_batch_with_accumulation_takes_the_released_training_step(tmp_path):
     for m in range(4):
         part = examples[2 * m : 2 * m + 2]
         out = brain.compute_forward(PaddedBatch(part), sb.Stage.TRAIN)
-        loss = F.cross_entropy(out.emo_logits, torch.cat([e["emo_encoded"] for e in part]))
+        loss = F.cross_entropy(out.by_task["emotion"], torch.cat([e["emo_encoded"] for e in part]))
         for i, e in enumerate(part):
             if e["has_text"]:
                 loss = loss + alpha * F.ctc_loss(
-                    out.ctc_log_probs[i, : out.frame_lens[i]].unsqueeze(1),
+                    out.by_task["ctc"][i, : out.frame_lens[i]].unsqueeze(1),
                     e["tokens"][None],
                     out.frame_lens[i : i + 1],
                     torch.tensor([len(e["tokens"])]),

@@ -37,6 +37,14 @@ def check(tmp_path, *args, data=None, out=None):
         (["--lr_encoder=0"], r"--lr_encoder=0: lr_encoder must be a number in \(0.0"),
         (["--alpha=1", "--alpha=2"], r"--alpha is given more than once"),
         (["--fodl=2"], r"unknown hparams key 'fodl' .*; did you mean fold\?"),
+        (["--task_weighting=gradnorm"], r"task_weighting must be one of fixed, uncertainty"),
+        (["--class_weighting=balanced"], r"class_weighting must be one of none, inverse_freq"),
+        (["--selection_metric=dimensions/ccc_mean"], r"selection_metric 'dimensions/ccc_mean'"),
+        (["--alpha=0", "--selection_metric=ctc/cer"], r"with a task of \['emotion'\]"),
+        (
+            ["--sampling=class_balanced", "--dynamic_batching=True"],
+            r"sampling: class_balanced .* needs sorting: grouped",
+        ),
     ],
 )
 def test_bad_values_are_named(tmp_path, args, message):

@@ -46,6 +46,10 @@ def test_loso_fold1_manifests(trap_tree, tmp_path):
         "session": 1,
         "dialog": "Ses01F_impro01",
         "scripted": False,
+        # The label line's [V, A, D] (the annotators' means): the dimensions task's targets.
+        "valence": 2.5,
+        "arousal": 2.5,
+        "dominance": 2.5,
     }
     # A tag-only transcript stays for SER and is marked for WER to skip.
     assert test["Ses01M_script01_1_M000"]["wrd"] == ""

@@ -401,3 +401,17 @@ def test_a_key_that_one_setting_lacks_tells_rows_apart(tmp_path):
     write_report([tmp_path], tmp_path / "report")
     markdown = (tmp_path / "report/summary.md").read_text()
     assert "| max_len=8 |" in markdown and "| max_len=(absent) |" in markdown
+
+
+def test_runs_csv_carries_every_tasks_metrics(tmp_path):
+    import csv
+
+    dims = {"ccc_mean": 0.41, "ccc_arousal": 0.5, "num_utterances": 2}
+    write_run(tmp_path / "runs", task_metrics={"emotion": {"ua": 0.5}, "dimensions": dims})
+    write_run(tmp_path / "runs", fold=2, task_metrics={"gender": {"accuracy": 0.9}})
+    write_report([tmp_path / "runs"], tmp_path / "report")
+    with open(tmp_path / "report" / "runs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["dimensions/ccc_mean"] for r in rows] == ["0.41", ""]
+    assert [r["gender/accuracy"] for r in rows] == ["", "0.9"]
+    assert "emotion/ua" not in rows[0] and "dimensions/num_utterances" not in rows[0]

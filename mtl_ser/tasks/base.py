@@ -1,0 +1,163 @@
+"""The task interface: a head, its targets from the manifest / batch, its loss, its metrics
+and its weight. The Brain loops over the configured tasks and never names one.
+
+A task's life in a run:
+
+- ``build_head(context)``: the head module (or None when the hparams file already holds it
+  under ``head_module``, as the emotion and CTC heads); ``context`` is a `TaskContext`.
+- ``forward(head, hidden, lengths, layers)``: the head's output for a batch.
+- ``targets(batch)``: a tuple of tensors ``[B, ...]`` (the first dimension the batch's), the
+  last one a bool mask ``[B]`` of the utterances that have targets; augmented copies of a
+  batch get them replicated.
+- ``loss(output, targets, frame_lens)``: a scalar. Utterances without targets are skipped
+  with the per-utterance rule of `masked_mean_loss`: each utterance's weight is 1 / B (B the
+  whole batch), whatever its neighbours have.
+- ``new_log()`` / ``TaskLog``: collects the predictions of an evaluation pass and scores them
+  (``metrics()``), for the tasks whose metrics are not those of the emotion / CTC
+  `PredictionLog` (``new_log`` returns None for those and ``prediction_fields`` feeds it).
+- ``metric_values(metrics)``: the task's metrics by name from `PredictionLog.metrics`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+# Metrics that are better when lower (checkpoint selection and early stopping minimise them).
+LOWER_IS_BETTER = ("wer", "cer", "mae", "loss")
+
+
+@dataclass
+class TaskContext:
+    """What a task may read when it builds its head: ``hparams`` (the loaded hparams),
+    ``encoder_dim`` D and ``encoder_layers`` L of the shared encoder, ``train_records``
+    (the training manifest's records ``{id: record}``, or None when there is none),
+    ``labels`` (the emotion classes in their order)."""
+
+    hparams: dict
+    labels: tuple[str, ...] | None = None
+    encoder_dim: int | None = None
+    encoder_layers: int | None = None
+    train_records: dict | None = None
+
+
+def batch_column(batch, column: str) -> list[str]:
+    """A task's manifest column in a batch: one string per utterance ("" when missing);
+    the data pipeline passes every column of ``Task.columns`` (`column_key`)."""
+    return list(getattr(batch, f"column_{column}"))
+
+
+def masked_mean_loss(per_utt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The batch loss of per-utterance losses where only some utterances have targets.
+
+    Args: per_utt ``[B]`` float (any value where ``mask`` is False); mask ``[B]`` bool.
+
+    Returns: ``sum_{i: mask_i} per_utt_i / B`` (a scalar): an utterance's weight is 1 / B
+    whatever its neighbours have, so a batch with fewer targets does not give each one more
+    weight. Exactly 0, still connected to the graph, when no utterance has targets (DDP then
+    sees a gradient of 0 for the head).
+    """
+    kept = torch.where(mask, per_utt, torch.zeros_like(per_utt))
+    return kept.sum() / max(per_utt.shape[0], 1)
+
+
+class TaskLog:
+    """The predictions of one task over an evaluation pass (the base of the logs of tasks
+    that `PredictionLog` does not score itself)."""
+
+    def add_batch(self, ids: list[str], output: torch.Tensor, targets: tuple) -> None:
+        raise NotImplementedError
+
+    def metrics(self) -> dict:
+        """The task's metrics (JSON-serialisable; None where there was nothing to score)."""
+        raise NotImplementedError
+
+    def columns(self) -> list[str]:
+        """The predictions.csv columns this task adds."""
+        raise NotImplementedError
+
+    def row(self, utt: str) -> list:
+        """This task's predictions.csv cells of utterance ``utt`` (columns' order)."""
+        raise NotImplementedError
+
+
+@dataclass
+class Task:
+    """The base of every task (see the module docstring).
+
+    Args:
+        name: the task's name in the configuration, losses and metrics (``tasks:`` key).
+        weight: the task's fixed weight in the total loss.
+    """
+
+    name: str
+    weight: float = 1.0
+    # Set by subclasses: the modules key of the head, and the manifest columns the task
+    # reads (passed through the data pipeline as static keys).
+    head_module: str = field(default="", init=False)
+    columns: tuple[str, ...] = field(default=(), init=False)
+
+    @property
+    def loss_key(self) -> str:
+        """The key of the task's loss in stage sums and logs (``loss_<loss_key>``)."""
+        return self.name
+
+    @property
+    def display(self) -> str:
+        """How progress lines name the task."""
+        return self.name
+
+    def build_head(self, context: TaskContext) -> torch.nn.Module | None:
+        return None
+
+    def check_head(self, head: torch.nn.Module) -> None:
+        """Raises ValueError when ``head`` does not fit the task (e.g. its output size)."""
+
+    def identity(self) -> dict:
+        """Top-level results.json keys of the task's settings ({} by default)."""
+        return {}
+
+    def forward(self, head, hidden: torch.Tensor, lengths: torch.Tensor, layers):
+        """Args: hidden ``[B, T, D]`` (after the shared dropout); lengths ``[B]`` frames;
+        layers: the encoder's hidden layers or None."""
+        raise NotImplementedError
+
+    def targets(self, batch) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def loss(self, output, targets: tuple, frame_lens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def prediction_fields(self, output, targets: tuple, frame_lens: torch.Tensor) -> dict:
+        """Arguments of `PredictionLog.add_batch` this task provides ({} for tasks with a
+        `TaskLog`)."""
+        return {}
+
+    def new_log(self) -> TaskLog | None:
+        return None
+
+    def metric_values(self, metrics: dict) -> dict:
+        """This task's metrics ``{metric: value}`` out of `PredictionLog.metrics`."""
+        return metrics.get("by_task", {}).get(self.name, {})
+
+    def describe(self) -> dict:
+        """The task's settings for results.json."""
+        return {"kind": type(self).__name__, "weight": self.weight}
+
+    def export_info(self) -> dict | None:
+        """What predict needs besides the head (classes, dimension names), or None for a
+        task that export does not carry beyond the model spec's own keys."""
+        return None
+
+    @staticmethod
+    def window_values(output: torch.Tensor) -> torch.Tensor:
+        """An exported model's per-window values ``[B, K]`` from the head's output; predict
+        averages them over a recording's windows (weighted by length)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def describe_values(values: torch.Tensor, info: dict) -> dict:
+        """A recording's prediction (JSON-serialisable) from its averaged ``[K]`` values
+        and the task's `export_info`."""
+        raise NotImplementedError
