@@ -290,6 +290,10 @@ def masked_group_norm(x: torch.Tensor, lengths: torch.Tensor, norm: nn.GroupNorm
     of squares over a long utterance overflows (NaN at 30 s on the base architecture) and
     bf16 loses the mean's precision.
     """
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        # The loop below reads the lengths on the host: a traced graph (ONNX export) would
+        # freeze them; the masked-statistics form keeps the batch and time axes dynamic.
+        return _masked_statistics_group_norm(x, lengths, norm)
     weight = None if norm.weight is None else norm.weight.float()
     bias = None if norm.bias is None else norm.bias.float()
     out = torch.empty_like(x)
@@ -298,3 +302,24 @@ def masked_group_norm(x: torch.Tensor, lengths: torch.Tensor, norm: nn.GroupNorm
         out[b : b + 1, :, :n] = F.group_norm(part, norm.num_groups, weight, bias, norm.eps)
         out[b, :, n:] = 0
     return out
+
+
+def _masked_statistics_group_norm(
+    x: torch.Tensor, lengths: torch.Tensor, norm: nn.GroupNorm
+) -> torch.Tensor:
+    """`masked_group_norm` as one traceable computation (no host reads): group statistics
+    over each utterance's valid frames through a mask, in float32. ``[B, C, T]`` ->
+    ``[B, C, T]`` in ``x``'s dtype, padded frames 0; equal to the per-utterance form up to
+    float rounding."""
+    batch, channels, time = x.shape
+    groups = norm.num_groups
+    mask = lengths_to_mask(lengths, time)[:, None, None, :].float()  # [B, 1, 1, T]
+    grouped = x.float().reshape(batch, groups, channels // groups, time)
+    count = mask.sum(dim=-1, keepdim=True).clamp(min=1) * (channels // groups)
+    mean = (grouped * mask).sum(dim=(2, 3), keepdim=True) / count
+    var = (((grouped - mean) * mask) ** 2).sum(dim=(2, 3), keepdim=True) / count
+    out = ((grouped - mean) * torch.rsqrt(var + norm.eps) * mask).reshape(batch, channels, time)
+    if norm.affine:
+        keep = mask.reshape(batch, 1, time)
+        out = (out * norm.weight.float()[None, :, None] + norm.bias.float()[None, :, None]) * keep
+    return out.to(x.dtype)

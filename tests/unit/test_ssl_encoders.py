@@ -102,6 +102,28 @@ def test_masked_group_norm_is_the_native_norm_per_utterance_and_zero_padding():
         assert not out[b, :, n:].any()
 
 
+def test_traced_masked_group_norm_keeps_lengths_dynamic():
+    """Traced (as the ONNX export traces it), the norm is one masked computation whose graph
+    serves other lengths and batch sizes than the tracing example, with the per-utterance
+    results."""
+    torch.manual_seed(0)
+    norm = torch.nn.GroupNorm(8, 8)
+    norm.weight.data.uniform_()
+    norm.bias.data.uniform_()
+    x, lengths = torch.randn(3, 8, 50), torch.tensor([50, 21, 4])
+
+    class Norm(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = norm
+
+        def forward(self, x, n):
+            return masked_group_norm(x, n, self.norm)
+
+    traced = torch.jit.trace(Norm(), (torch.randn(2, 8, 30), torch.tensor([30, 9])))
+    torch.testing.assert_close(traced(x, lengths), masked_group_norm(x, lengths, norm))
+
+
 def test_normalize_per_utterance_ignores_padding():
     wavs = torch.tensor([[1.0, 3.0, 0.0, 0.0], [2.0, 4.0, 6.0, 8.0]])
     out = normalize_per_utterance(wavs, torch.tensor([2, 4]))
