@@ -1,6 +1,7 @@
 """`mtl-ser evaluate`: a trained or exported model on any labelled set, without retraining.
 
     mtl-ser evaluate MODEL DATA --output DIR [--label-map src=dst,...] [--drop-unmapped]
+                     [--group-columns speaker,gender,...]
 
 DATA is a prepared manifest (``test.json`` of any `mtl-ser prepare` folder; its
 ``labels.json`` gives the set's classes) or a CSV with columns ``path, emotion`` and
@@ -29,6 +30,7 @@ from mtl_ser.data.labels import LabelSet
 from mtl_ser.data.manifest import OPTIONS_FILE, load_manifest, read_split_info
 from mtl_ser.data.protocols import PROTOCOL_FOLDS
 from mtl_ser.data.text import normalize_transcript
+from mtl_ser.groups import DEFAULT_GROUP_COLUMNS, attach_groups, check_columns
 from mtl_ser.paired import DETAIL_FIELDS
 from mtl_ser.results import PredictionLog, write_run_outputs
 
@@ -57,7 +59,8 @@ def read_items(
 ) -> tuple[list[dict], list[str], dict]:
     """Reads the utterances of a manifest or a CSV.
 
-    Returns: (items ``{"id", "wav", "label", "wrd", "has_text", "scripted"}``, bad rows of a
+    Returns: (items ``{"id", "wav", "label", "wrd", "has_text", "scripted", "speaker",
+    "record" (the manifest record or CSV row)}``, bad rows of a
     CSV (named), facts about the set: ``{"kind", "corpus", "labels", "name"}``).
     """
     data = Path(data)
@@ -92,6 +95,7 @@ def _manifest_items(path: Path, data_folder) -> tuple[list[dict], list[str], dic
             "has_text": bool(r.get("has_text", r.get("wrd"))),
             "scripted": r.get("scripted"),
             "speaker": r.get("spk"),
+            "record": r,  # its other keys (gender, session, ...) name groups
         }
         for utt_id, r in sorted(records.items())
     ]
@@ -140,6 +144,9 @@ def _csv_items(path: Path, audio_root: Path) -> tuple[list[dict], list[str], dic
                 "wrd": wrd,
                 "has_text": bool(wrd),
                 "scripted": None,
+                "speaker": row.get("speaker") or None,
+                # Its other columns (gender, ...) name groups; speaker as in a manifest.
+                "record": {**row, "spk": row.get("speaker")},
                 "where": row_where(row),
             }
         )
@@ -204,6 +211,7 @@ def evaluate(
     batch_size: int = 8,
     device: str = "cpu",
     verbose: bool = True,
+    group_columns=DEFAULT_GROUP_COLUMNS,
 ) -> dict:
     """Scores a model on a labelled set and writes a recipe's test outputs (module docstring).
 
@@ -221,6 +229,8 @@ def evaluate(
         on_error: "fail" or "skip" bad CSV rows and files that cannot be scored.
         batch_size, device: for the model.
         verbose: progress and a summary line.
+        group_columns: manifest keys (or CSV columns) whose per-group UA / WA go into
+            results.json (`mtl_ser.groups`); ``speaker`` reads a manifest's ``spk``.
 
     Returns: the results dict written to results.json.
     """
@@ -229,6 +239,7 @@ def evaluate(
 
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+    group_columns = check_columns(group_columns, "--group-columns")
     items, errors, facts = read_items(data, data_folder, audio_root)
     # The whole utterance at once, as in a recipe's test pass.
     recognizer = load_model(model_path, window=math.inf, device=device)
@@ -307,6 +318,7 @@ def evaluate(
             "data_split": facts.get("split") or None,
         },
     }
+    attach_groups(log, {i["id"]: i["record"] for i in items}, group_columns)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     results = write_run_outputs(output, identity, log, [])

@@ -24,6 +24,7 @@ from mtl_ser.data.encoder_cache import cache_kind
 from mtl_ser.data.feature_cache import DTYPES
 from mtl_ser.data.pipelines import EVAL_ORDERS, SORTINGS
 from mtl_ser.data.protocols import PROTOCOL_FOLDS
+from mtl_ser.groups import check_columns
 from mtl_ser.models.heads import POOLINGS
 from mtl_ser.models.objective import CTC_REDUCTIONS
 
@@ -86,6 +87,17 @@ def boolean(value) -> str | None:
     return None if isinstance(value, bool) else "True or False"
 
 
+def group_columns(value) -> str | None:
+    allowed = "a list of distinct manifest column names such as [speaker, gender]"
+    if not isinstance(value, list):
+        return allowed
+    try:
+        check_columns(value)
+    except ValueError:
+        return allowed + " (not one of predictions.csv's own columns)"
+    return None
+
+
 # Keys checked when the hparams file has them (the CNN recipe lacks the wav2vec2 ones).
 RULES: dict[str, Rule] = {
     "alpha": number(0.0),
@@ -136,6 +148,7 @@ RULES: dict[str, Rule] = {
     "layerdrop": optional(number(0.0, 1.0)),
     "padding_aware": boolean,
     "gradient_checkpointing": boolean,
+    "group_columns": group_columns,
 }
 # SpeechBrain run options: a command-line value wins over the hparams file's.
 RUN_OPTIONS = ("grad_accumulation_factor", "max_grad_norm", "nonfinite_patience", "precision")

@@ -2,7 +2,8 @@
 
 A finished run writes to its output folder::
 
-    results.json           metrics + the run's identity (schema below)
+    results.json           metrics + the run's identity (schema below), per-group results
+                           (`mtl_ser.groups`) when group columns are attached
     predictions.csv        one row per test utterance
     confusion_matrix.png   test confusion matrix
     training_curves.png    per-epoch losses and validation metrics
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from mtl_ser.groups import per_group_results
 from mtl_ser.metrics import classification_metrics, error_rates
 from mtl_ser.plots import plot_confusion, plot_training_curves
 
@@ -48,6 +50,9 @@ class PredictionLog:
 
     labels: tuple[str, ...]
     rows: list[Prediction] = field(default_factory=list)
+    # Group column -> {utt_id: value or None} (`mtl_ser.groups.attach_groups`): per-group
+    # results in results.json and the columns' values in predictions.csv.
+    groups: dict[str, dict] = field(default_factory=dict)
 
     def add_batch(
         self,
@@ -104,18 +109,21 @@ class PredictionLog:
 
     def write_csv(self, path: str | Path) -> None:
         """Writes one row per utterance: id, true, predicted, p_<class>..., reference,
-        hypothesis, has_text, scripted, speaker (empty when unknown)."""
+        hypothesis, has_text, scripted, speaker (empty when unknown), then the group columns
+        not among those (e.g. gender; empty when unknown)."""
+        extra = [c for c in self.groups if c not in ("scripted", "speaker")]
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(
                 ["id", "true", "predicted", *(f"p_{c}" for c in self.labels)]
-                + ["reference", "hypothesis", "has_text", "scripted", "speaker"]
+                + ["reference", "hypothesis", "has_text", "scripted", "speaker", *extra]
             )
             for r in sorted(self.rows, key=lambda r: r.id):
                 writer.writerow(
                     [r.id, self.labels[r.true], self.labels[r.predicted], *r.probabilities]
                     + [r.reference, "" if r.hypothesis is None else r.hypothesis, r.has_text]
                     + ["" if r.scripted is None else r.scripted, r.speaker or ""]
+                    + [self.groups[c].get(r.id) or "" for c in extra]
                 )
 
 
@@ -142,6 +150,8 @@ def write_run_outputs(
     """
     folder = Path(folder)
     results = {"schema": RESULTS_SCHEMA, **identity, **log.metrics()}
+    if log.groups:
+        results["groups"] = per_group_results(log)
     log.write_csv(folder / PREDICTIONS_FILE)
     title = run_title(identity)
     plot_confusion(

@@ -36,6 +36,7 @@ def test_evaluate_reproduces_the_runs_test_pass(mtl_run, tmp_path):
     assert before.keys() == after.keys()
     assert all(after[k]["predicted"] == before[k]["predicted"] for k in before)
     assert all(after[k]["speaker"] == before[k]["speaker"] != "" for k in before)
+    assert got["groups"] == expected["groups"]  # per speaker and gender, as the recipe's
     assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
 
 
