@@ -37,6 +37,7 @@ def check(tmp_path, *args, data=None, out=None):
         (["--lr_encoder=0"], r"--lr_encoder=0: lr_encoder must be a number in \(0.0"),
         (["--alpha=1", "--alpha=2"], r"--alpha is given more than once"),
         (["--fodl=2"], r"unknown hparams key 'fodl' .*; did you mean fold\?"),
+        (["--group_columns=[speaker,id]"], r"group_columns must be a list of distinct manifest"),
     ],
 )
 def test_bad_values_are_named(tmp_path, args, message):
