@@ -25,9 +25,10 @@ from mtl_ser.report_rows import Row, row_name
 from mtl_ser.results import PREDICTIONS_FILE
 from mtl_ser.stats import BOOTSTRAP_SAMPLES, FEW_CLUSTERS
 
-# Groups drawn per column in the figure (the most utterances first): a corpus with thousands
-# of speakers would give an unreadable axis.
+# Groups drawn per column in the figure, and listed in summary.md (the most utterances
+# first): a corpus with thousands of speakers would bury the rest. groups.csv has them all.
 MAX_FIGURE_GROUPS = 40
+MAX_TABLE_GROUPS = 40
 
 
 @dataclass
@@ -115,6 +116,12 @@ def has_groups(results: list[RowGroups]) -> bool:
     return any(c["groups"] for r in results for c in r.columns.values())
 
 
+def largest(groups: dict, limit: int) -> list[str]:
+    """The names of the ``limit`` groups with the most utterances, in name order."""
+    kept = sorted(sorted(groups), key=lambda v: -groups[v]["utterances"])[:limit]
+    return sorted(kept)
+
+
 def _pct(value) -> str:
     return "–" if value is None or math.isnan(value) else f"{100 * value:.2f}"
 
@@ -148,7 +155,14 @@ def markdown(results: list[RowGroups], columns: tuple[str, ...], details: list[s
         table = []
         for column, found in result.columns.items():
             notes += [f"{column}: {n}" for n in found["notes"]]
-            for value, stats in found["groups"].items():
+            shown = largest(found["groups"], MAX_TABLE_GROUPS)
+            if len(shown) < len(found["groups"]):
+                notes.append(
+                    f"{column}: the {len(shown)} largest of {len(found['groups'])} groups shown; "
+                    "all in groups.csv"
+                )
+            for value in shown:
+                stats = found["groups"][value]
                 speakers = "?" if stats["speakers"] is None else str(stats["speakers"])
                 cells = [column, value, str(stats["utterances"]), speakers]
                 cells += [_with_ci(stats, "ua"), _with_ci(stats, "wa"), stats["ci_unit"] or "–"]
@@ -197,7 +211,14 @@ def write_csv(results: list[RowGroups], path: str | Path) -> Path:
 
 def plot(results: list[RowGroups], columns: tuple[str, ...], details: list[str], path) -> Path:
     """groups_ua.png: one panel per column, UA per group (x) for each row (a colour), error
-    bars = the interval (none where a group has no interval)."""
+    bars = the interval (none where a group has no interval).
+
+    Args:
+        results: `RowGroups` of the rows; columns: the group columns; details: the setting
+            keys that tell rows apart (their legend); path: the PNG to write.
+
+    Returns: ``path``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,11 +252,13 @@ def plot(results: list[RowGroups], columns: tuple[str, ...], details: list[str],
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels(groups, rotation=45 if len(groups) > 6 else 0, ha="right")
         more = len(sizes) - len(groups)
+        unit = "over each speaker's utterances" if column == "speaker" else "speaker bootstrap"
         ax.set_title(
-            f"UA per {column} ({LEVEL:.0%} speaker-bootstrap CI)"
+            f"UA per {column} ({LEVEL:.0%} CI, {unit})"
             + (f"; {len(groups)} largest of {len(sizes)} groups" if more else "")
         )
         ax.set_ylabel("UA %")
+        ax.set_ylim(-5, 105)
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].legend(fontsize=7, loc="best")
     fig.tight_layout()
