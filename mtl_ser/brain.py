@@ -77,6 +77,7 @@ from mtl_ser.checkpoints import (
     selection_key,
 )
 from mtl_ser.data.manifest import load_manifest
+from mtl_ser.data.sampler import DistributedBatches
 from mtl_ser.data.text import CharVocabulary
 from mtl_ser.export import write_model_spec
 from mtl_ser.groups import attach_groups, check_columns
@@ -333,6 +334,10 @@ class EmotionBrain(sb.Brain):
         )
 
     def _train_loader_specifics(self, dataset, loader_kwargs):
+        if isinstance(loader_kwargs.get("batch_sampler"), DistributedBatches):
+            # Already this process's whole batches (not SpeechBrain's padding wrapper).
+            self.train_sampler = loader_kwargs["batch_sampler"]
+            return loader_kwargs
         loader_kwargs = super()._train_loader_specifics(dataset, loader_kwargs)
         if not self.distributed_launch and loader_kwargs.get("batch_sampler") is not None:
             # Outside DDP SpeechBrain leaves a batch sampler alone and never calls its

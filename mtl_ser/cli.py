@@ -24,9 +24,16 @@ def _add_prepare(subparsers) -> None:
     add_prepare_commands(subparsers)
 
 
+def _check_device(device: str) -> None:
+    from mtl_ser.hparams_check import check_device
+
+    check_device(device)
+
+
 def _evaluate(args) -> None:
     from mtl_ser.evaluate import evaluate, parse_label_map
 
+    _check_device(args.device)
     evaluate(
         args.model,
         args.data,
@@ -40,7 +47,14 @@ def _evaluate(args) -> None:
         batch_size=args.batch_size,
         device=args.device,
         **({} if args.group_columns is None else {"group_columns": args.group_columns}),
+        overwrite=args.overwrite,
     )
+
+
+OVERWRITE_HELP = (
+    "replace an output that another run, other inputs or the user made (refused without it; "
+    "a training run folder is never replaced)"
+)
 
 
 def _add_evaluate(subparsers) -> None:
@@ -70,6 +84,7 @@ def _add_evaluate(subparsers) -> None:
         help="manifest keys / CSV columns with per-group UA / WA (speaker-bootstrap CIs) in "
         "results.json (default: speaker,gender)",
     )
+    evaluate.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     evaluate.set_defaults(func=_evaluate)
 
 
@@ -91,16 +106,16 @@ def _export(args) -> None:
     else:
         from mtl_ser.export import export_run as export
 
-    out = export(args.run_folder, args.out_dir)
+    out = export(args.run_folder, args.out_dir, overwrite=args.overwrite)
     print(f"exported {args.run_folder} to {out} ({args.format} format)")
 
 
 def _predict(args) -> int:
     from mtl_ser.inference import load_model
-    from mtl_ser.predict import collect_audio_files, write_predictions
+    from mtl_ser.predict import check_predictions_output, collect_audio_files, write_predictions
 
-    if args.output is not None and Path(args.output).suffix.lower() not in (".csv", ".json"):
-        raise ValueError(f"--output must end in .csv or .json, not {args.output}")
+    check_predictions_output(args.output, args.overwrite)
+    _check_device(args.device)
     model = load_model(args.model, window=args.window, device=args.device)
     files = collect_audio_files(args.inputs)
     if not files:
@@ -118,11 +133,11 @@ def _predict(args) -> int:
 
 def _embed(args) -> int:
     from mtl_ser.inference import load_model
-    from mtl_ser.predict import collect_audio_files, write_embeddings
+    from mtl_ser.predict import check_embeddings_output, collect_audio_files, write_embeddings
 
     output = Path(args.output)
-    if output.suffix.lower() not in (".npy", ".parquet"):
-        raise ValueError(f"--output must end in .npy or .parquet, not {args.output}")
+    check_embeddings_output(output, args.overwrite)
+    _check_device(args.device)
     model = load_model(args.model, window=args.window, device=args.device)
     files = collect_audio_files(args.inputs)
     if not files:
@@ -166,6 +181,7 @@ def _add_inference(subparsers) -> None:
         help="mtl_ser: for mtl_ser's loader and `predict`; hf: a folder transformers loads "
         "(AutoModelForAudioClassification, pipeline), the CTC head in OUT/ctc",
     )
+    export.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     export.set_defaults(func=_export)
 
     predict = subparsers.add_parser(
@@ -181,6 +197,7 @@ def _add_inference(subparsers) -> None:
     )
     predict.add_argument("--batch-size", type=_positive_int, default=8)
     predict.add_argument("--device", default="cpu")
+    predict.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     predict.set_defaults(func=_predict)
 
     embed = subparsers.add_parser(
@@ -204,6 +221,7 @@ def _add_inference(subparsers) -> None:
     embed.add_argument("--window", type=_positive_float, default=8.0)
     embed.add_argument("--batch-size", type=_positive_int, default=8)
     embed.add_argument("--device", default="cpu")
+    embed.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     embed.set_defaults(func=_embed)
 
 
@@ -256,13 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mtl-ser` console script. Returns the exit status."""
+    from mtl_ser.errors import expected_errors, report
+
     args = build_parser().parse_args(argv)
     try:
         status = args.func(args)
-    except (ValueError, FileNotFoundError, ImportError) as err:
-        # Data problems are the user's to fix: show the message, not a traceback.
-        print(f"mtl-ser {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except expected_errors() + (ValueError, OSError, ImportError) as err:
+        # Data and file problems are the user's to fix: the message, not a traceback.
+        return report(f"mtl-ser {args.command}", err)
     return status or 0
 
 

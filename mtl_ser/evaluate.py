@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 import mtl_ser
+from mtl_ser.atomic import atomic_folder, check_folder
 from mtl_ser.data.labels import LabelSet
 from mtl_ser.data.manifest import OPTIONS_FILE, load_manifest, read_split_info
 from mtl_ser.data.protocols import PROTOCOL_FOLDS
@@ -212,8 +213,10 @@ def evaluate(
     device: str = "cpu",
     verbose: bool = True,
     group_columns=DEFAULT_GROUP_COLUMNS,
+    overwrite: bool = False,
 ) -> dict:
-    """Scores a model on a labelled set and writes a recipe's test outputs (module docstring).
+    """Scores a model on a labelled set and writes a recipe's test outputs (module docstring)
+    into ``output`` whole (a temporary sibling renamed into place).
 
     Args:
         model_path: an exported model folder or a training run folder.
@@ -231,8 +234,11 @@ def evaluate(
         verbose: progress and a summary line.
         group_columns: manifest keys (or CSV columns) whose per-group UA / WA go into
             results.json (`mtl_ser.groups`); ``speaker`` reads a manifest's ``spk``.
+        overwrite: replace an ``output`` folder that holds anything but an earlier
+            evaluation of the same model on the same data (never a training run folder).
 
-    Returns: the results dict written to results.json.
+    Returns: the results dict written to results.json. Raises OutputExistsError (before any
+    work) for an ``output`` it may not replace.
     """
     from mtl_ser.inference import load_model
     from mtl_ser.progress import Progress
@@ -240,6 +246,12 @@ def evaluate(
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
     group_columns = check_columns(group_columns, "--group-columns")
+    owner = {
+        "command": "evaluate",
+        "model": str(Path(model_path).resolve()),
+        "data": str(Path(data).resolve()),
+    }
+    check_folder(output, owner, overwrite)
     items, errors, facts = read_items(data, data_folder, audio_root)
     # The whole utterance at once, as in a recipe's test pass.
     recognizer = load_model(model_path, window=math.inf, device=device)
@@ -299,6 +311,7 @@ def evaluate(
         "encoder": trained.get("encoder"),
         # The trained run's setting, so that reports keep different settings apart.
         **{key: trained.get(key) for key in DETAIL_FIELDS},
+        "setting": trained.get("setting"),  # the trained run's full setting (mtl_ser.settings)
         "best_epoch": (recognizer.model.info or {}).get("checkpoint_epoch"),
         "corpus": facts["corpus"],
         # The model's test speakers are not compared with this set's: not claimed.
@@ -320,8 +333,8 @@ def evaluate(
     }
     attach_groups(log, {i["id"]: i["record"] for i in items}, group_columns)
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    results = write_run_outputs(output, identity, log, [])
+    with atomic_folder(output, owner, overwrite) as tmp:
+        results = write_run_outputs(tmp, identity, log, [])
     if verbose:
         dropped = sum(excluded.values())
         print(

@@ -24,6 +24,7 @@ import torch
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.tag import Tag
 
 import mtl_ser
@@ -31,9 +32,10 @@ from mtl_ser.data.labels import LabelSet
 from mtl_ser.data.prepare import prepare_iemocap
 from mtl_ser.data.text import CharVocabulary
 from mtl_ser.hparams_check import ConfigError
-from mtl_ser.runlock import RunLock, RunLockedError
+from mtl_ser.runlock import RunLock
 
 VOCAB_FILE = "vocab.json"
+COMMAND_LINE = "the command-line options"
 
 
 def parse_arguments(argv: list[str]):
@@ -54,7 +56,7 @@ def parse_arguments(argv: list[str]):
     base_file, layers = resolve_extends(hparams_file)
     layers += [_read_mapping(path) for path in files]
     if cli_overrides:
-        layers.append(_YAML.load(cli_overrides) or {})
+        layers.append(_parse_yaml(cli_overrides, COMMAND_LINE))
     return base_file, run_opts, merge_layers(layers, base=_read_mapping(base_file))
 
 
@@ -66,14 +68,41 @@ def given_keys(argv: list[str]) -> list[str]:
 _YAML = YAML()  # round-trip mode: keeps !ref, !new: ... tags of override files
 
 
+def _parse_yaml(text: str, where: str):
+    """``text`` parsed (round trip); ConfigError naming ``where``, the line and the problem
+    for a duplicate key or a syntax error."""
+    try:
+        return _YAML.load(text) or {}
+    except DuplicateKeyError as err:
+        raise ConfigError(f"{where}: a key appears twice ({err.problem})") from None
+    except MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        at = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        if where == COMMAND_LINE:  # merged "key: value" lines: name the first bad option
+            bad = next((line for line in text.splitlines() if not _parses(line)), None)
+            at = f" (--{bad.replace(': ', '=', 1)})" if bad else ""
+        hint = "; YAML indents with spaces, not tabs" if "'\\t'" in str(err.problem) else ""
+        raise ConfigError(f"{where}{at}: not valid YAML ({err.problem}){hint}") from None
+    except YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML ({err})") from None
+
+
+def _parses(text: str) -> bool:
+    try:
+        _YAML.load(text)
+    except YAMLError:
+        return False
+    return True
+
+
 def _read_mapping(path: str | Path):
     try:
-        with open(path) as f:
-            data = _YAML.load(f) or {}
+        text = Path(path).read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such hparams file") from None
-    except DuplicateKeyError as err:
-        raise ConfigError(f"{path}: a key appears twice ({err.problem})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot be read ({err})") from None
+    data = _parse_yaml(text, str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must be a mapping of hparams keys")
     return data
@@ -214,6 +243,32 @@ def lock_run_folder(output_folder: str | Path) -> RunLock | None:
     return RunLock(output_folder).acquire()
 
 
+def run_setting_values(hparams_file, overrides: str, config: dict, run_opts) -> dict:
+    """This run's setting values from its configuration (`mtl_ser.settings`), after checking
+    that the output folder holds no run of another setting (before anything is written
+    there: a re-run with another fold or alpha must not touch the earlier run)."""
+    from mtl_ser.settings import check_run_folder, hparams_values
+
+    values = hparams_values(hparams_file, overrides, config, run_opts)
+    check_run_folder(config["output_folder"], values, partial=True)
+    return values
+
+
+def claim_run_folder(hparams: dict, values: dict) -> dict:
+    """Completes the setting with the encoder's and the manifests' digests, refuses a run
+    folder of another setting, and records it in ``setting.json`` (main process).
+
+    Returns: the setting record for results.json.
+    """
+    from mtl_ser.settings import check_run_folder, data_values, make_setting, write_setting
+
+    values = {**values, **data_values(hparams)}
+    check_run_folder(hparams["output_folder"], values)
+    if sb.utils.distributed.if_main_process():
+        return write_setting(hparams["output_folder"], values)
+    return make_setting(values)
+
+
 def run_recipe_main(main, argv: list[str]) -> int:
     """Runs a recipe's ``main(argv)``; a configuration problem, a busy run folder, a
     pretrained model that cannot be found or an unusable manifest is a message on stderr
@@ -225,15 +280,13 @@ def run_recipe_main(main, argv: list[str]) -> int:
     from mtl_ser.brain import NonFiniteLossError, OutOfMemoryBatchError
     from mtl_ser.checkpoints import CheckpointLoadError, DamagedCheckpointError
     from mtl_ser.data.encoder_cache import EncoderCacheError
-    from mtl_ser.data.manifest import ManifestError
-    from mtl_ser.models.backbones import ModelNotFoundError
+    from mtl_ser.errors import expected_errors, report
 
     program = Path(sys.argv[0]).name
     try:
         main(argv)
-    except (ConfigError, RunLockedError, ModelNotFoundError, ManifestError) as err:
-        print(f"{program}: error: {err}", file=sys.stderr)
-        return 2
+    except expected_errors() as err:
+        return report(program, err)
     except (
         NonFiniteLossError,
         DamagedCheckpointError,

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from mtl_ser.atomic import atomic_folder, atomic_write_text, check_folder
 from mtl_ser.checkpoints import CrashSafeCheckpointer, find_selected_checkpoint
 from mtl_ser.data.audio import SAMPLE_RATE
 from mtl_ser.data.labels import LabelSet
@@ -72,10 +73,7 @@ def write_model_spec(
     path = Path(folder) / SPEC_FILE
     # Refuse now, not at export time, a model that could not be loaded back.
     validate_spec(json.loads(json.dumps(spec)), path)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(spec, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(spec, indent=2) + "\n")
 
 
 @dataclass
@@ -124,7 +122,14 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: the model folder is incomplete")
+        try:
+            return load_file(str(path))
+        except Exception as err:  # SafetensorError derives from Exception only
+            raise ValueError(
+                f"{path}: not a readable safetensors file ({err}); export the model again"
+            ) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError and friends: refuse, whatever the cause
@@ -185,18 +190,47 @@ def load_exported(folder: str | Path) -> LoadedModel:
     return _from_spec(spec, state_dicts, meta["info"])
 
 
-def export_run(run_folder: str | Path, out_dir: str | Path) -> Path:
-    """Writes a self-contained model folder from a finished run (see the module docstring).
+def export_owner(run_folder: str | Path, export_format: str) -> dict:
+    """What an export folder's `mtl_ser.atomic.OWNER_FILE` records: re-exporting the same
+    run in the same format may replace it without ``--overwrite``."""
+    return {"command": "export", "format": export_format, "run": str(Path(run_folder).resolve())}
 
-    Raises FileNotFoundError when the run has no results.json (it has not been tested).
-    """
+
+def check_export_target(
+    run_folder: str | Path, out_dir: str | Path, export_format: str, overwrite: bool
+) -> dict:
+    """Refuses, before anything is loaded, an unfinished run (FileNotFoundError) or an
+    output folder that holds files this export would not own (OutputExistsError, see
+    `mtl_ser.atomic.check_folder`). Returns the export's owner record."""
     run = Path(run_folder)
     if not (run / "results.json").is_file():
         raise FileNotFoundError(f"{run / 'results.json'} not found: export a finished run")
-    model = load_run(run)
+    owner = export_owner(run, export_format)
+    check_folder(out_dir, owner, overwrite)
+    return owner
+
+
+def export_run(run_folder: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Writes a self-contained model folder from a finished run (see the module docstring),
+    whole: into a temporary sibling renamed into place (`mtl_ser.atomic.atomic_folder`).
+
+    Args:
+        run_folder: a finished training run.
+        out_dir: the folder to write; an existing one that another run's export or the user
+            made is refused (OutputExistsError) unless ``overwrite``, which replaces it whole.
+
+    Raises FileNotFoundError when the run has no results.json (it has not been tested).
+    """
+    owner = check_export_target(run_folder, out_dir, "mtl_ser", overwrite)
+    model = load_run(run_folder)
+    with atomic_folder(out_dir, owner, overwrite) as tmp:
+        _write_export(model, tmp)
+    return Path(out_dir)
+
+
+def _write_export(model: LoadedModel, out: Path) -> None:
+    """Writes the files of an export of ``model`` into the (empty) folder ``out``."""
     spec = model.spec
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     for name, module in model.modules.items():
         tensors = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
         save_file(tensors, str(out / f"{name}.safetensors"))
@@ -209,7 +243,6 @@ def export_run(run_folder: str | Path, out_dir: str | Path) -> Path:
     (out / "README.md").write_text(model_card(model, spec))
     # Written last: a folder without it is not a (complete) export.
     (out / EXPORT_FILE).write_text(json.dumps({"spec": spec, "info": model.info}, indent=2) + "\n")
-    return out
 
 
 def _percent(value) -> str:

@@ -34,7 +34,8 @@ import torch
 import yaml
 from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor
 
-from mtl_ser.export import LoadedModel, load_run, model_card
+from mtl_ser.atomic import atomic_folder
+from mtl_ser.export import LoadedModel, check_export_target, load_run, model_card
 from mtl_ser.models.ssl import SSLEncoder
 
 CTC_FOLDER = "ctc"
@@ -230,18 +231,27 @@ def _usage(has_ctc_folder: bool, ctc_note: str | None) -> list[str]:
     return lines
 
 
-def export_hf(run_folder: str | Path, out_dir: str | Path, echo=print) -> Path:
-    """Writes the transformers folders of a finished run (see the module docstring).
+def export_hf(
+    run_folder: str | Path, out_dir: str | Path, echo=print, overwrite: bool = False
+) -> Path:
+    """Writes the transformers folders of a finished run (see the module docstring), whole:
+    into a temporary sibling renamed into place (`mtl_ser.atomic.atomic_folder`).
 
     Returns: ``out_dir``. Raises FileNotFoundError for an unfinished run, ValueError for a
-    model without a transformers equivalent (CNN encoder, attentive pooling).
+    model without a transformers equivalent (CNN encoder, attentive pooling),
+    OutputExistsError for an ``out_dir`` another export or the user made (unless
+    ``overwrite``, which replaces it whole).
     """
-    run, out = Path(run_folder), Path(out_dir)
-    if not (run / "results.json").is_file():
-        raise FileNotFoundError(f"{run / 'results.json'} not found: export a finished run")
-    model = load_run(run)
+    owner = check_export_target(run_folder, out_dir, "hf", overwrite)
+    model = load_run(run_folder)
     _require_exportable(model)
-    out.mkdir(parents=True, exist_ok=True)
+    with atomic_folder(out_dir, owner, overwrite) as tmp:
+        _write_hf(model, tmp, echo)
+    return Path(out_dir)
+
+
+def _write_hf(model: LoadedModel, out: Path, echo) -> None:
+    """Writes the transformers folders of ``model`` into the (empty) folder ``out``."""
     classification_model(model).save_pretrained(out)
     _feature_extractor(model).save_pretrained(out)
     ctc_note = None
@@ -261,4 +271,3 @@ def export_hf(run_folder: str | Path, out_dir: str | Path, echo=print) -> Path:
         _tokenizer(model, folder).save_pretrained(folder)
     card = model_card(model, model.spec, usage=_usage(has_ctc, ctc_note))
     (out / "README.md").write_text(hf_front_matter(model) + card)
-    return out

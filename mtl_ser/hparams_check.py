@@ -9,6 +9,7 @@ whose one-line message names the key, the value and what is allowed.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
 import uuid
@@ -25,6 +26,7 @@ from mtl_ser.data.feature_cache import DTYPES
 from mtl_ser.data.pipelines import EVAL_ORDERS, SORTINGS
 from mtl_ser.data.protocols import PROTOCOL_FOLDS
 from mtl_ser.groups import check_columns
+from mtl_ser.models.backbones import BACKBONES, RANDOM_PRESETS, backbone_of
 from mtl_ser.models.heads import POOLINGS
 from mtl_ser.models.objective import CTC_REDUCTIONS
 
@@ -150,6 +152,8 @@ RULES: dict[str, Rule] = {
     "gradient_checkpointing": boolean,
     "group_columns": group_columns,
 }
+# Keys every recipe reads: an hparams file without one is refused before any work.
+REQUIRED = ("recipe", "seed", "alpha", "output_folder", "skip_prep")
 # SpeechBrain run options: a command-line value wins over the hparams file's.
 RUN_OPTIONS = ("grad_accumulation_factor", "max_grad_norm", "nonfinite_patience", "precision")
 
@@ -199,6 +203,12 @@ def check_hparams(
         close = difflib.get_close_matches(key, list(base), n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
         raise ConfigError(f"unknown hparams key {key!r} (not in {hparams_file}){hint}")
+    absent = [key for key in REQUIRED if key not in base]
+    if absent:
+        raise ConfigError(
+            f"{hparams_file} has no {absent[0]!r} key, which every recipe reads: add it (see "
+            "hparams/mtl.yaml)"
+        )
     config = resolved_config(hparams_file, overrides)
     cli_keys = set(override_keys) | set(getattr(run_opts, "overridden_args", ()) or ())
     effective = dict(config)
@@ -213,6 +223,9 @@ def check_hparams(
                     f"{_flag(key, effective[key], cli_keys)}: {key} must be {allowed}"
                 )
     _check_fold(effective, cli_keys)
+    _check_device(run_opts, cli_keys)
+    _check_encoder(effective, cli_keys)
+    _check_tracker(effective, cli_keys)
     _check_encoder_cache(effective)
     _check_workers(effective)
     _check_distributed(effective, run_opts)
@@ -230,6 +243,109 @@ def _check_fold(config: dict, cli_keys: set[str]) -> None:
             f"{_flag('fold', config['fold'], cli_keys)}: protocol {config['protocol']} has "
             f"folds 1..{folds}"
         )
+
+
+def check_device(device: str) -> None:
+    """Raises ConfigError unless ``device`` is cpu, mps, cuda or a cuda:N of this machine."""
+    import torch
+
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        count = torch.cuda.device_count()
+        if (index and not index.isdigit()) or (int(index) if index.isdigit() else 0) >= count:
+            have = f"GPUs cuda:0..cuda:{count - 1}" if count else "no CUDA GPU"
+            raise ConfigError(f"--device={device}: this machine has {have}; use --device=cpu")
+    elif device not in ("cpu", "mps"):
+        raise ConfigError(f"--device={device}: not a device; use cpu, cuda or cuda:N")
+
+
+def _check_device(run_opts, cli_keys: set[str]) -> None:
+    """The device exists on this machine and supports the precision asked for."""
+    from speechbrain.utils.distributed import infer_device
+
+    # None: SpeechBrain's own choice (cuda:N of this process's rank where there is a GPU).
+    device = str(getattr(run_opts, "device", None) or infer_device())
+    check_device(device)
+    if not device.startswith("cuda"):
+        for key in ("precision", "eval_precision"):
+            if getattr(run_opts, key, None) == "fp16":
+                raise ConfigError(
+                    f"{_flag(key, 'fp16', cli_keys)}: fp16 needs a CUDA device, and "
+                    f"--device={device}; on CPU use bf16 or fp32"
+                )
+
+
+def _check_encoder(config: dict, cli_keys: set[str]) -> None:
+    """The encoder exists and is of the type asked for, without building it: a random
+    preset's name, a local folder's config.json and safetensors headers, the family."""
+    source, expected = config.get("encoder_source"), config.get("encoder_type")
+    if expected is not None and expected not in BACKBONES:
+        raise ConfigError(
+            f"{_flag('encoder_type', expected, cli_keys)}: encoder_type must be null or one "
+            f"of {', '.join(sorted(BACKBONES))}"
+        )
+    if not isinstance(source, str):
+        return
+    flag = _flag("encoder_source", source, cli_keys)
+    if source.startswith("random:"):
+        preset = source.split(":", 1)[1]
+        if preset not in RANDOM_PRESETS:
+            raise ConfigError(
+                f"{flag}: unknown random preset {preset!r}; use one of {', '.join(RANDOM_PRESETS)}"
+            )
+        model_type = RANDOM_PRESETS[preset][0]
+    elif Path(source).exists():
+        folder = Path(source)
+        config_file = folder / "config.json"
+        if not config_file.is_file():
+            raise ConfigError(
+                f"{flag}: {folder} has no config.json: give a folder written by "
+                "save_pretrained (config.json, weights, preprocessor_config.json)"
+            )
+        try:
+            model_type = json.loads(config_file.read_text()).get("model_type")
+        except (ValueError, AttributeError) as err:
+            raise ConfigError(f"{config_file}: not a JSON config ({err})") from None
+        _check_safetensors(folder)
+    else:
+        return  # a hub id: checked when it is fetched
+    try:
+        backbone_of(model_type, expected, source)
+    except ValueError as err:
+        asked = f" with {_flag('encoder_type', expected, cli_keys)}" if expected else ""
+        raise ConfigError(f"{flag}{asked}: {err}") from None
+
+
+def _check_safetensors(folder: Path) -> None:
+    """Reads the header of every safetensors file of ``folder`` (cheap: no tensor data)."""
+    from safetensors import safe_open
+
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), "pt") as f:
+                f.keys()
+        except Exception as err:  # SafetensorError derives from Exception only
+            raise ConfigError(
+                f"{path}: not a readable safetensors file ({err}); copy or save the model again"
+            ) from None
+
+
+def _check_tracker(config: dict, cli_keys: set[str]) -> None:
+    """The tracker is one mtl_ser knows and its package is installed."""
+    kind = config.get("tracker")
+    if kind in (None, "none"):
+        return
+    # Imported only here: SpeechBrain's loggers print a notice on import.
+    from mtl_ser.tracking import TRACKERS, _require
+
+    if kind not in TRACKERS:
+        raise ConfigError(
+            f"{_flag('tracker', kind, cli_keys)}: tracker must be one of {', '.join(TRACKERS)}"
+        )
+    try:
+        _require(kind)
+    except ImportError as err:
+        raise ConfigError(f"{_flag('tracker', kind, cli_keys)}: {err}") from None
 
 
 def _check_encoder_cache(config: dict) -> None:
@@ -276,6 +392,8 @@ def _check_data(config: dict) -> None:
                     "prepare the data first, e.g. with `mtl-ser prepare`)"
                 )
         return
+    if config.get("data_folder") is None:
+        raise ConfigError("data_folder must be given (e.g. --data_folder=...)")
     folder = Path(config["data_folder"])
     if not folder.is_dir():
         raise ConfigError(f"data_folder = {folder}: no such folder")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mtl_ser.atomic import atomic_write, check_file
 from mtl_ser.inference import AUDIO_EXTENSIONS, Embedding, Prediction
 
 
@@ -48,23 +49,70 @@ def rows(predictions: list[Prediction], labels: tuple[str, ...]) -> list[dict]:
     return out
 
 
+def _is_predictions_file(path: Path) -> bool:
+    """Whether ``path`` is what `write_predictions` writes (so predicting again may replace
+    it): a CSV whose header starts ``path,emotion`` or a JSON list of predictions."""
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(path.read_text())
+            return isinstance(data, list) and all(
+                isinstance(p, dict) and {"path", "emotion"} <= set(p) for p in data
+            )
+        with open(path, newline="") as f:
+            return next(csv.reader(f), [])[:2] == ["path", "emotion"]
+    except (OSError, ValueError):
+        return False
+
+
+def check_predictions_output(output: str | Path | None, overwrite: bool) -> None:
+    """Refuses, before any work, an output name that is not .csv / .json (ValueError) or an
+    existing file that predict did not write (OutputExistsError), unless ``overwrite``."""
+    if output is None:
+        return
+    if Path(output).suffix.lower() not in (".csv", ".json"):
+        raise ValueError(f"--output must end in .csv or .json, not {output}")
+    check_file(output, _is_predictions_file, overwrite)
+
+
 def write_predictions(
     predictions: list[Prediction], labels: tuple[str, ...], output: str | Path | None
 ) -> None:
     """Writes CSV (``.csv``, or stdout when ``output`` is None) or JSON (``.json``, with the
-    per-window details)."""
+    per-window details); a file is written whole (a temporary name renamed into place)."""
     if output is not None and Path(output).suffix.lower() == ".json":
-        Path(output).write_text(json.dumps([asdict(p) for p in predictions], indent=2) + "\n")
+        text = json.dumps([asdict(p) for p in predictions], indent=2) + "\n"
+        atomic_write(output, lambda tmp: tmp.write_text(text))
         return
     table = rows(predictions, labels)
-    handle = open(output, "w", newline="") if output else sys.stdout
-    try:
+
+    def write(handle) -> None:
         writer = csv.DictWriter(handle, fieldnames=list(table[0]) if table else ["path"])
         writer.writeheader()
         writer.writerows(table)
-    finally:
-        if output:
-            handle.close()
+
+    if output is None:
+        write(sys.stdout)
+        return
+
+    def write_file(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
+            write(handle)
+
+    atomic_write(output, write_file)
+
+
+def check_embeddings_output(output: str | Path, overwrite: bool) -> None:
+    """Refuses, before any work, an output name that is not .npy / .parquet (ValueError) or
+    an existing file that embed did not write (OutputExistsError), unless ``overwrite``.
+    A ``.npy`` is embed's when its ``.ids.txt`` is beside it."""
+    output = Path(output)
+    if output.suffix.lower() not in (".npy", ".parquet"):
+        raise ValueError(f"--output must end in .npy or .parquet, not {output}")
+    if output.suffix.lower() == ".npy":
+        check_file(output, lambda p: p.with_suffix(".ids.txt").is_file(), overwrite)
+        check_file(output.with_suffix(".ids.txt"), lambda p: output.is_file(), overwrite)
+    else:
+        check_file(output, lambda p: False, overwrite)
 
 
 def write_embeddings(embeddings: list[Embedding], output: str | Path) -> list[Path]:
@@ -85,9 +133,11 @@ def write_embeddings(embeddings: list[Embedding], output: str | Path) -> list[Pa
                 "writing .parquet needs pyarrow: pip install pyarrow (or write .npy)"
             ) from None
         vectors = pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), matrix.shape[1])
-        pq.write_table(pa.table({"path": paths, "embedding": vectors}), output)
+        table = pa.table({"path": paths, "embedding": vectors})
+        atomic_write(output, lambda tmp: pq.write_table(table, tmp))
         return [output]
     ids = output.with_suffix(".ids.txt")
-    np.save(output, matrix)
-    ids.write_text("".join(f"{p}\n" for p in paths))
+    # The temporary name keeps the suffix, so np.save adds no second ".npy".
+    atomic_write(output, lambda tmp: np.save(tmp, matrix))
+    atomic_write(ids, lambda tmp: tmp.write_text("".join(f"{p}\n" for p in paths)))
     return [output, ids]

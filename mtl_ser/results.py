@@ -4,6 +4,9 @@ A finished run writes to its output folder::
 
     results.json           metrics + the run's identity (schema below), per-group results
                            (`mtl_ser.groups`) when group columns are attached
+    results.json           metrics + the run's identity and its full resolved setting
+                           ("setting": {digest, values, ignored}, mtl_ser/settings.py)
+    setting.json           the setting, written when the run starts (a resume must match it)
     predictions.csv        one row per test utterance
     confusion_matrix.png   test confusion matrix
     training_curves.png    per-epoch losses and validation metrics
@@ -26,7 +29,8 @@ from mtl_ser.plots import plot_confusion, plot_training_curves
 RESULTS_FILE = "results.json"
 PREDICTIONS_FILE = "predictions.csv"
 # Bumped when results.json changes shape; `mtl-ser report` reads it.
-RESULTS_SCHEMA = 1
+# 2: the run's full resolved setting under "setting" (mtl_ser/settings.py).
+RESULTS_SCHEMA = 2
 
 
 @dataclass

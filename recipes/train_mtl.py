@@ -20,6 +20,7 @@ from hyperpyyaml import load_hyperpyyaml
 from mtl_ser.brain import EmotionBrain
 from mtl_ser.data.pipelines import dataio_prep, eval_loader_options, train_loader_options
 from mtl_ser.experiment import (
+    claim_run_folder,
     end_distributed,
     experiment_vocabulary,
     given_keys,
@@ -29,6 +30,7 @@ from mtl_ser.experiment import (
     prepare_data,
     run_identity,
     run_recipe_main,
+    run_setting_values,
 )
 from mtl_ser.hparams_check import check_hparams
 
@@ -38,6 +40,8 @@ def main(argv):
     # Every value checked before anything is built; then one writer per run folder.
     config = check_hparams(hparams_file, overrides, run_opts, set(given_keys(argv)))
     lock_run_folder(config["output_folder"])
+    # A run folder holds one setting: a re-run with another one is refused here.
+    setting_values = run_setting_values(hparams_file, overrides, config, run_opts)
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file) as fin:
         hparams = load_hyperpyyaml(fin, overrides)
@@ -52,6 +56,7 @@ def main(argv):
 
     # Class order from the manifests, the fixed character set from the code.
     label_set = label_set_of(hparams)
+    setting = claim_run_folder(hparams, setting_values)
     vocab = experiment_vocabulary(hparams["output_folder"])
     hparams["emotion_head"].set_num_classes(len(label_set.classes))
     datasets = dataio_prep(hparams, label_set, vocab)
@@ -63,7 +68,7 @@ def main(argv):
         checkpointer=hparams["checkpointer"],
         labels=label_set.classes,
         vocab=vocab,
-        identity=run_identity(hparams, label_set),
+        identity={**run_identity(hparams, label_set), "setting": setting},
     )
     # Early stopping and checkpoint choice use the validation set only.
     brain.fit(

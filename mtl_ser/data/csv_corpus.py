@@ -39,8 +39,32 @@ def read_rows(
     """Reads a CSV with a header line.
 
     Returns: (rows as {column: stripped value, "_line": line number, "_fields": how many
-    fields the line had}, the header's columns). Raises ValueError naming missing columns.
+    fields the line had}, the header's columns). Raises ValueError naming the file (and the
+    line) for missing columns, no data row, text that is not UTF-8 or a malformed field.
     """
+    try:
+        rows, header = _read_rows(csv_path, required)
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{csv_path}, line {_first_undecodable_line(csv_path)}: not UTF-8 text (byte "
+            f"0x{err.object[err.start]:02x}: {err.reason}); save the CSV as UTF-8"
+        ) from None
+    if not rows:
+        raise ValueError(f"{csv_path}: no data row below the header; add one row per recording")
+    return rows, header
+
+
+def _first_undecodable_line(path: Path) -> int:
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 0
+
+
+def _read_rows(csv_path: Path, required: tuple[str, ...]) -> tuple[list[dict], list[str]]:
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         try:
@@ -55,11 +79,16 @@ def read_rows(
                 f"{[c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c not in required]}"
             )
         rows = []
-        for fields in reader:
-            if not fields:  # blank line
-                continue
-            row = {c: v.strip() for c, v in zip(header, fields, strict=False)}
-            rows.append({**row, "_line": reader.line_num, "_fields": len(fields)})
+        try:
+            for fields in reader:
+                if not fields:  # blank line
+                    continue
+                row = {c: v.strip() for c, v in zip(header, fields, strict=False)}
+                rows.append({**row, "_line": reader.line_num, "_fields": len(fields)})
+        except csv.Error as err:  # e.g. a field over csv.field_size_limit()
+            raise ValueError(
+                f"{csv_path}, line {reader.line_num}: {err} (a double quote left open?)"
+            ) from None
     return rows, header
 
 
@@ -91,7 +120,11 @@ def resolve_row_path(row: dict, audio_root: Path, allow_outside_root: bool) -> t
     if not path.is_absolute():
         path = audio_root / path
     try:
-        relative = path.resolve().relative_to(audio_root.resolve()).as_posix()
+        resolved = path.resolve()
+    except (RuntimeError, OSError) as err:  # a symbolic link loop
+        raise RowError(f"{where}: cannot follow {path} ({err})") from None
+    try:
+        relative = resolved.relative_to(audio_root.resolve()).as_posix()
     except ValueError:
         relative = None
         if not allow_outside_root:
@@ -101,7 +134,7 @@ def resolve_row_path(row: dict, audio_root: Path, allow_outside_root: bool) -> t
             ) from None
     if not path.is_file():
         raise RowError(f"{where}: file not found: {path}")
-    utt_id = (relative or path.resolve().as_posix().lstrip("/")).rsplit(".", 1)[0]
+    utt_id = (relative or resolved.as_posix().lstrip("/")).rsplit(".", 1)[0]
     return path, utt_id
 
 

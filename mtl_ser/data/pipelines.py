@@ -36,13 +36,14 @@ import speechbrain as sb
 import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.sampler import DynamicBatchSampler
+from torch.utils.data import BatchSampler, SequentialSampler
 
 from mtl_ser.data.audio import SAMPLE_RATE, load_audio
 from mtl_ser.data.encoder_cache import EncoderCache
 from mtl_ser.data.feature_cache import FeatureSource
 from mtl_ser.data.labels import LabelSet
 from mtl_ser.data.manifest import ManifestError, check_min_duration, load_manifest
-from mtl_ser.data.sampler import LengthGroupedBatchSampler
+from mtl_ser.data.sampler import LengthGroupedBatchSampler, ddp_world_size, distributed_batches
 from mtl_ser.data.text import CharVocabulary
 
 OUTPUT_KEYS = [
@@ -345,13 +346,21 @@ def train_loader_options(hparams: dict, train_data: DynamicItemDataset, device="
             batch_ordering="random",
             seed=hparams["seed"],
         )
-        return {**options, "batch_sampler": sampler}
+        return {**options, "batch_sampler": distributed_batches(sampler)}
+    # The random crop comes after batching, in the pipeline: what a batch pads to is
+    # the cropped length.
+    lengths = [min(train_data.data[i]["duration"], max_len) for i in train_data.data_ids]
     if hparams["sorting"] == "grouped":
-        # The random crop comes after batching, in the pipeline: what a batch pads to is
-        # the cropped length.
-        lengths = [min(train_data.data[i]["duration"], max_len) for i in train_data.data_ids]
         sampler = LengthGroupedBatchSampler(
             lengths, batch_size, pool=hparams["group_pool"], seed=hparams["seed"]
         )
-        return {**options, "batch_sampler": sampler}
-    return {**options, "batch_size": batch_size, "shuffle": hparams["sorting"] == "random"}
+        return {**options, "batch_sampler": distributed_batches(sampler, batch_size)}
+    if ddp_world_size() == 1:
+        return {**options, "batch_size": batch_size, "shuffle": hparams["sorting"] == "random"}
+    # Under DDP, whole batches are dealt to the processes (sampler.DistributedBatches):
+    # random batches seeded by ``seed`` (pools of one batch), or consecutive ones.
+    if hparams["sorting"] == "random":
+        sampler = LengthGroupedBatchSampler(lengths, batch_size, pool=1, seed=hparams["seed"])
+    else:
+        sampler = BatchSampler(SequentialSampler(range(len(lengths))), batch_size, False)
+    return {**options, "batch_sampler": distributed_batches(sampler, batch_size)}

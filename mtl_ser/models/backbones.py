@@ -10,11 +10,14 @@ runs (``random:<name>``). The padding-aware wrapper is `mtl_ser.models.ssl.SSLEn
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import transformers
+
+logger = logging.getLogger(__name__)
 
 if not sys.stderr.isatty():
     # transformers' "Loading weights" / "Writing model shards" bars: only on a terminal.
@@ -87,6 +90,10 @@ BACKBONES = {
     )
 }
 
+# The learned mask vector of pretraining (never trained here): transformers builds it only
+# when mask_time_prob or mask_feature_prob is > 0, and checkpoints hold it or not whatever
+# our masking option is, so its absence and its presence are both fine (and logged).
+PRETRAINING_MASK = "masked_spec_embed"
 # Checkpoint tensors that may be absent from / left out of the encoder without changing it:
 # pretraining-only parts and task heads of fine-tuned checkpoints (we build our own heads).
 # Anything else missing, unexpected or of another shape is an error: never a partial load.
@@ -100,8 +107,9 @@ IGNORED_UNEXPECTED = (
     "projector",
     "classifier",
     "layer_weights",
+    PRETRAINING_MASK,  # the model was built without masking (both probabilities 0)
 )
-IGNORED_MISSING = ("masked_spec_embed",)  # absent from some checkpoints; not trained here
+IGNORED_MISSING = (PRETRAINING_MASK,)
 
 _TINY = dict(
     hidden_size=64,
@@ -203,6 +211,12 @@ def _check_loading_info(source: str, info: dict) -> None:
         ),
         "of another shape": sorted(str(k) for k in info.get("mismatched_keys", ())),
     }
+    for what, keys in (
+        ("absent from the checkpoint: the model keeps its initial one", "missing_keys"),
+        ("unused: the model masks nothing", "unexpected_keys"),
+    ):
+        if PRETRAINING_MASK in info.get(keys, ()):
+            logger.info("%s: pretraining tensor %s %s", source, PRETRAINING_MASK, what)
     found = {what: keys for what, keys in problems.items() if keys}
     if found:
         detail = "; ".join(

@@ -29,19 +29,22 @@ class MultiTaskObjective:
         blank_index: the CTC blank id.
         label_smoothing: cross-entropy label smoothing.
         ctc_reduction: how the per-utterance CTC losses ``NLL_i`` (negative log-likelihood of
-            utterance i's transcript, over its true frames) of the utterances with text are
-            reduced to the batch's ``L_ctc``:
+            utterance i's transcript, over its true frames) make the batch's ``L_ctc``. An
+            utterance without text (or cropped by ``max_len``) counts 0, and every sum is
+            divided by the batch size ``B`` including such utterances, so that an
+            utterance's weight never depends on how many of its neighbours have text:
 
-            - ``"sum"``: summed over groups of ``ctc_sum_utterances`` utterances and averaged
-              over the groups, i.e. ``ctc_sum_utterances * mean_i(NLL_i)``. With
+            - ``"sum"``: ``ctc_sum_utterances * sum_i(NLL_i) / B``. With
               ``ctc_sum_utterances: 2`` this is the released Cai et al. code's scale
               (``F.ctc_loss(reduction="sum")`` over each device's batch of 2 utterances,
               averaged over 4 accumulation steps), whatever our batch size and accumulation;
               see the README's derivation. The default.
-            - ``"length_mean"``: ``mean_i(NLL_i / L_i)`` with ``L_i`` the target length
+            - ``"length_mean"``: ``sum_i(NLL_i / L_i) / B`` with ``L_i`` the target length
               (PyTorch's ``reduction="mean"``; mtl-ser 0.1's only choice, ~100x smaller on
               IEMOCAP than the released scale).
-            - ``"token_mean"``: ``sum_i NLL_i / sum_i L_i`` (per character of the batch).
+            - ``"token_mean"``: ``sum_i NLL_i / sum_i L_i`` (per character of the batch's
+              transcripts: by its definition a character's weight is 1 / the number of
+              characters in its batch, so it does depend on the neighbours' transcripts).
         ctc_sum_utterances: the group size of ``"sum"``.
         ctc_zero_infinity: an infeasible alignment (transcript longer than the frames
             allow) counts as 0 instead of infinity (the released code: False, so such a
@@ -112,6 +115,7 @@ class MultiTaskObjective:
 
         Returns: scalar; exactly 0 (still connected to the graph) when no utterance has text.
         """
+        batch_size = has_text.numel()  # with the utterances that have no text
         keep = has_text.nonzero().squeeze(-1)
         if keep.numel() == 0:
             # Still connected to the graph, so DDP sees a gradient (of 0) for the CTC head.
@@ -128,10 +132,10 @@ class MultiTaskObjective:
             zero_infinity=self.ctc_zero_infinity,
         )
         if self.ctc_reduction == "length_mean":
-            return (per_utt / token_lens[keep].clamp(min=1)).mean()
+            return (per_utt / token_lens[keep].clamp(min=1)).sum() / batch_size
         if self.ctc_reduction == "token_mean":
             return per_utt.sum() / token_lens[keep].sum().clamp(min=1)
-        return self.ctc_sum_utterances * per_utt.mean()
+        return self.ctc_sum_utterances * per_utt.sum() / batch_size
 
     def __call__(
         self,

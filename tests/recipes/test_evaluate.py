@@ -31,6 +31,7 @@ def test_evaluate_reproduces_the_runs_test_pass(mtl_run, tmp_path):
     assert (got["recipe"], got["alpha"], got["fold"]) == ("mtl", expected["alpha"], 1)
     assert got["protocol"] == "loso-on-iemocap_test"
     assert got["speaker_independent"] is None  # not claimed for another set
+    assert got["setting"] == expected["setting"] and got["setting"]["values"]["fold"] == 1
     assert got["evaluation"]["label_map"] == {} and got["evaluation"]["excluded_unmapped"] == {}
     before, after = rows(run / "predictions.csv"), rows(out / "predictions.csv")
     assert before.keys() == after.keys()

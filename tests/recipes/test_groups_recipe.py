@@ -4,10 +4,11 @@ training)."""
 import csv
 
 from mtl_ser.metrics import classification_metrics
+from mtl_ser.report import write_report
 from tests.recipes.helpers import read_json
 
 
-def test_a_recipe_run_writes_per_group_results(mtl_run):
+def test_a_recipe_run_writes_per_group_results(mtl_run, tmp_path):
     run = mtl_run[0]
     results = read_json(run / "results.json")
     with open(run / "predictions.csv") as f:
@@ -32,3 +33,9 @@ def test_a_recipe_run_writes_per_group_results(mtl_run):
             else:  # a speaker's own utterances resampled
                 low, high = stats["ua_ci"]
                 assert stats["ci_unit"] == "utterance" and low <= stats["ua"] <= high
+    # The report of the run shows them, each interval with its number of speakers.
+    write_report([run], tmp_path)
+    text = (tmp_path / "summary.md").read_text()
+    f = columns["gender"]["groups"]["F"]
+    assert f"| gender | F | {f['utterances']} | 1 | {100 * f['ua']:.2f} |" in text
+    assert (tmp_path / "groups_ua.png").read_bytes()[:4] == b"\x89PNG"

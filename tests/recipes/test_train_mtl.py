@@ -343,7 +343,8 @@ def test_ser_only_has_no_ctc(demo_corpus, tmp_path):
 
 def test_two_processes_with_gloo_keep_identical_parameters(demo_corpus, tmp_path):
     """Two gloo processes train one epoch: their parameters are identical (gradients are
-    averaged) and differ from the initial ones (training happened)."""
+    averaged) and differ from the initial ones (training happened); they took the same
+    number of batches, which hold every training utterance exactly once."""
     out = tmp_path / "ddp"
     command = recipe_command(
         "train_mtl.py",
@@ -352,6 +353,7 @@ def test_two_processes_with_gloo_keep_identical_parameters(demo_corpus, tmp_path
         out,
         "--number_of_epochs=1",
         "--distributed_backend=gloo",
+        "--batch_size=5",  # 191 training utterances: 38 batches of 5 and one of 1
     )
     torchrun = [command[0], "-m", "torch.distributed.run", "--nproc_per_node=2"]
     wrapper = [str(ROOT / "tests/recipes/ddp_params.py"), str(tmp_path)]
@@ -360,6 +362,14 @@ def test_two_processes_with_gloo_keep_identical_parameters(demo_corpus, tmp_path
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     assert read_json(out / "results.json")["num_utterances"] == 53
+    batches = [read_json(tmp_path / f"batches_rank{r}.json") for r in (0, 1)]
+    assert len(batches[0]) == len(batches[1]) == epoch_log(out)[0]["batches"]
+    taken = sorted(u for rank in batches for b in rank for u in b)
+    assert taken == sorted(read_json(out / "manifests/train.json"))
+    assert len(read_json(out / "manifests/train.json")) % 10, "a count that does not divide"
+    # In every DDP step (whose gradient averages the processes) the batches are alike in
+    # size: no short batch beside a full one.
+    assert all(abs(len(a) - len(b)) <= 1 for a, b in zip(*batches, strict=True))
     ranks = [torch.load(tmp_path / f"params_rank{r}.pt") for r in (0, 1)]
     assert ranks[0].keys() == ranks[1].keys()
     for name in ranks[0]:

@@ -156,6 +156,22 @@ def test_default_gradient_equals_the_released_training_step():
     torch.testing.assert_close(b["ctc_log_probs"].grad, released_log_probs.grad)
 
 
+@pytest.mark.parametrize("reduction", ["sum", "length_mean"])
+def test_an_utterances_ctc_weight_does_not_depend_on_its_neighbours_text(reduction):
+    """In a batch of 8, utterance 0's CTC gradient is the same whether 0 or 7 of its
+    neighbours have text (or were cropped): each sum is divided by the batch size, not by
+    the number of utterances with text (which gave utterance 0 8/k times its weight)."""
+    grads = []
+    for with_text in range(1, 9):
+        b = released_batch()
+        b["has_text"] = torch.arange(8) < with_text
+        MultiTaskObjective(1.0, ctc_reduction=reduction)(**b).total.backward()
+        grads.append(b["ctc_log_probs"].grad[0].clone())
+    for k, grad in enumerate(grads[1:], start=2):
+        torch.testing.assert_close(grad, grads[0], msg=f"{k} of 8 with text")
+    assert grads[0].abs().sum() > 0
+
+
 def test_reductions_differ_by_the_transcript_length():
     """Why alpha was not the paper's alpha: length_mean divides each NLL by its length, so
     with transcripts of L characters the released scale is 2 L times larger (~100x for
@@ -181,7 +197,8 @@ def test_utterances_without_text_do_not_count():
     b = batch()
     b["has_text"] = torch.tensor([True, False])
     losses = MultiTaskObjective(1.0)(**b)
-    torch.testing.assert_close(losses.ctc, 2 * utterance_nll(b, 0))
+    # 2 x the sum over the batch of 2, the utterance without text counting 0.
+    torch.testing.assert_close(losses.ctc, 2 * utterance_nll(b, 0) / 2)
     b["has_text"] = torch.tensor([False, False])
     none = MultiTaskObjective(1.0)(**b)
     assert none.ctc.item() == 0.0 and none.ctc.requires_grad
@@ -231,4 +248,92 @@ def test_infeasible_alignment_is_infinite_only_when_asked():
     assert torch.isinf(MultiTaskObjective(1.0, ctc_zero_infinity=False)(**b).ctc)
     b["has_text"] = torch.tensor([True, False])
     released = MultiTaskObjective(1.0, ctc_zero_infinity=False)(**b)
-    torch.testing.assert_close(released.ctc, 2 * utterance_nll(b, 0))
+    torch.testing.assert_close(released.ctc, 2 * utterance_nll(b, 0) / 2)
+
+
+def test_fit_batch_with_accumulation_takes_the_released_training_step(tmp_path):
+    """The released training step, through the real Brain: 8 utterances (2 without text) as
+    2 batches of 4 with --grad_accumulation_factor=2 through EmotionBrain.fit_batch move the
+    tiny model's parameters by exactly the gradient of the released code's 4 micro-batches
+    of 2 utterances (CE mean + alpha * F.ctc_loss(reduction="sum"), each divided by 4).
+
+    Plain SGD at learning rate 1 without warm-up, decay or clipping, so the update is the
+    gradient; modules in eval mode (no dropout, no masking), so both passes compute the
+    same function. A wrong division anywhere (window size, batch size, text count) fails."""
+    import speechbrain as sb
+    from speechbrain.dataio.batch import PaddedBatch
+
+    from mtl_ser.data.text import CharVocabulary
+    from tests.recipes.helpers import tiny_mtl_brain
+
+    alpha = 0.1
+
+    def plain_sgd(hparams):
+        hparams["encoder_opt_class"] = hparams["heads_opt_class"] = lambda p: torch.optim.SGD(
+            p, lr=1.0
+        )
+
+    brain = tiny_mtl_brain(
+        tmp_path,
+        f"--alpha={alpha}",
+        "--lr_encoder=1.0",
+        "--lr_heads=1.0",
+        "--warmup_fraction=0.0",
+        "--lr_decay=False",
+        "--head_dropout=0.0",
+        adjust=plain_sgd,
+    )
+    # SpeechBrain run options (tiny_mtl_brain passes none on).
+    brain.grad_accumulation_factor, brain.max_grad_norm = 2, 1e9
+    brain.batches_per_epoch, brain.steps_per_epoch = 2, 1
+    brain.modules.eval()
+    vocab = CharVocabulary()
+    gen = torch.Generator().manual_seed(0)
+    words = ["HI", "", "OK THEN", "YES", "NO", "", "WELL", "A B"]
+    examples = [
+        {
+            "id": f"utt{i}",
+            "sig": 0.1 * torch.randn(int(4000 + 500 * i), generator=gen),
+            "emo_encoded": torch.tensor([i % 4]),
+            "tokens": vocab.encode(w or " "),
+            "ctc_mask": torch.tensor([bool(w)]),
+            "wrd": w,
+            "has_text": bool(w),
+            "scripted": False,
+            "duration": 0.25,
+        }
+        for i, w in enumerate(words)
+    ]
+    params = [
+        p for opt in brain.optimizers_dict.values() for g in opt.param_groups for p in g["params"]
+    ]
+
+    # The released step: micro-batches of 2, each loss / 4, gradients summed.
+    for m in range(4):
+        part = examples[2 * m : 2 * m + 2]
+        out = brain.compute_forward(PaddedBatch(part), sb.Stage.TRAIN)
+        loss = F.cross_entropy(out.emo_logits, torch.cat([e["emo_encoded"] for e in part]))
+        for i, e in enumerate(part):
+            if e["has_text"]:
+                loss = loss + alpha * F.ctc_loss(
+                    out.ctc_log_probs[i, : out.frame_lens[i]].unsqueeze(1),
+                    e["tokens"][None],
+                    out.frame_lens[i : i + 1],
+                    torch.tensor([len(e["tokens"])]),
+                    blank=vocab.blank_index,
+                    reduction="sum",
+                    zero_infinity=True,
+                )
+        (loss / 4).backward()
+    released = [p.grad.clone() for p in params]
+    brain.zero_grad(set_to_none=True)
+
+    before = [p.detach().clone() for p in params]
+    brain.on_stage_start(sb.Stage.TRAIN)
+    steps = brain.optimizer_step
+    for step, part in ((1, examples[:4]), (2, examples[4:])):
+        brain.step = step
+        brain.fit_batch(PaddedBatch(part))
+    assert brain.optimizer_step == steps + 1  # one step for the window of 2 batches
+    for p, old, grad in zip(params, before, released, strict=True):
+        torch.testing.assert_close(old - p.detach(), grad, rtol=1e-4, atol=1e-7)
