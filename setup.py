@@ -21,6 +21,8 @@ setup(
         "torchaudio>=2.1",
         "speechbrain>=1.1,<1.2",
         "transformers>=4.40",
+        # finetuning: lora | adapters (LoRA, (IA)^3 injection and merging)
+        "peft>=0.17,<0.22",
         "sentencepiece",
         "jiwer>=3.0",
         "hyperpyyaml>=1.2",
@@ -35,14 +37,16 @@ setup(
         "submitit>=1.5,<2",
     ],
     extras_require={
-        "dev": ["pytest", "ruff", "tensorboard>=2.14"],
+        "dev": ["pytest", "ruff", "tensorboard>=2.14", "onnx>=1.16", "onnxruntime>=1.18"],
         # `mtl-ser prepare hf`: Hugging Face datasets (pulls pyarrow and pandas).
         "hf": ["datasets>=2.14"],
         # --tracker=...: each imported only when chosen
         "tensorboard": ["tensorboard>=2.14"],
         "wandb": ["wandb>=0.16"],
         "mlflow": ["mlflow>=2.9"],
-        "parquet": ["pyarrow>=14"],  # mtl-ser embed --output x.parquet
+        "parquet": ["pyarrow>=14"],
+        # mtl-ser export --format onnx; predict on an ONNX folder needs onnxruntime only
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],  # mtl-ser embed --output x.parquet
     },
     entry_points={"console_scripts": ["mtl-ser=mtl_ser.cli:main"]},
 )

@@ -1,23 +1,27 @@
 #!/usr/bin/env python3
-"""Seconds per training epoch and per evaluation pass: the recipe against a bare PyTorch loop.
+"""Seconds per training epoch and per evaluation pass: the recipe against plain transformers.
 
 On a corpus with IEMOCAP's duration distribution (synthesised once into ``--corpus``, or
 reused from there) it times, in one process on one machine, interleaved over ``--rounds``
-rounds:
+rounds, with random training batches of 8, the feature encoder frozen, no time masking and
+no encoder cache:
 
-- (a) the recipe as it was: random training batches of 8, evaluation in manifest order;
-- (b) the recipe with today's defaults: length-grouped batches of 8 (``sorting: grouped``),
-  evaluation in duration order;
-- (c) a bare PyTorch loop (no SpeechBrain: a torch DataLoader over the same batch lists, a
-  plain collate, the same modules, AdamW, the same loss formula, global gradient clipping)
-  on (a)'s batches, and (c') on (b)'s;
+- (r) the recipe with its default ``padding_aware: True``;
+- (p) the reference: a loop of plain ``transformers`` calls (``Wav2Vec2FeatureExtractor``
+  in the loader, ``model(x, attention_mask=...)``, mean pooling over the valid frames, two
+  linear heads, CE + alpha * CTC, AdamW, global clipping) on (r)'s batches;
+- (o) a plain loop over the project's own modules (no SpeechBrain) on (r)'s batches: what
+  the Brain and the data pipeline cost on top of the modules;
+- (r0) the recipe with ``padding_aware: False`` (the released code's way) and (p0) the
+  transformers loop without attention masks on (r0)'s batches;
 - probing: a frozen encoder read through a weighted layer sum with the encoder cache: the
   first epoch (which fills the cache) against the next.
 
 It prints s/epoch (the fastest round, and every round), the share of padding in the
 batches, the peak memory of each configuration (CUDA: ``torch.cuda.max_memory_allocated``;
 CPU: the process's peak resident memory, reset before each configuration through
-``/proc/self/clear_refs``), and the ratios a/c, b/c', b/a and the probing ratio.
+``/proc/self/clear_refs``), the ratios r/p, r0/p0, r/o (fastest rounds and per round), the
+probing ratio, and the command for a GPU.
 
 The corpus: durations log-normal with IEMOCAP's mean 4.56 s and standard deviation 3.2 s
 (the 4-class set's statistics used by the README's compute estimate and DESIGN.md),
@@ -26,11 +30,11 @@ clipped to its range [0.6, 34] s (from 1000 training utterances on, the longest 
 (16 kHz), transcripts random letters (12 per second), labels random; a tenth as many
 validation utterances (at least 16) and 8 test ones.
 
-    # CPU, a few minutes on 2 cores (random:small, a wav2vec2-shaped 3.7 M-parameter model)
-    python benchmarks/train_epoch.py --corpus /tmp/iemocap_like
-    # GPU: the base architecture at the full LOSO training size
-    python benchmarks/train_epoch.py --corpus /data/iemocap_like --utterances 4400 \\
-        --encoder random:base --device cuda --precision bf16 --workers 8
+    # CPU, minutes on 2 cores (random:small, a wav2vec2-shaped 3.7 M-parameter model)
+    python benchmarks/train_epoch.py --corpus /tmp/iemocap_like --threads 2
+    # GPU: the base architecture, a few minutes (the command the CPU run prints)
+    python benchmarks/train_epoch.py --corpus /tmp/iemocap_like --device cuda \\
+        --encoder random:base --utterances 400 --rounds 3 --workers 4 --no-probing
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from hyperpyyaml import load_hyperpyyaml
 from torch.utils.data import DataLoader, Dataset
+from transformers import Wav2Vec2FeatureExtractor
 
 from mtl_ser.brain import EmotionBrain
 from mtl_ser.data.audio import SAMPLE_RATE
@@ -64,13 +69,19 @@ from mtl_ser.data.pipelines import (
 from mtl_ser.data.sampler import padding_share
 from mtl_ser.data.text import CharVocabulary
 from mtl_ser.experiment import parse_arguments
+from mtl_ser.models.backbones import build_ssl_model
 from mtl_ser.models.heads import CTCHead, EmotionHead
+from mtl_ser.models.outputs import EncoderOutput
 from mtl_ser.models.ssl import SSLEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAN_S, SD_S, MIN_S, MAX_S = 4.56, 3.2, 0.6, 34.0
 CHARS_PER_SECOND = 12
 MARKER = "benchmark_corpus.json"
+# Every loop: the feature encoder frozen, no time masking (the issue's setting; the
+# transformer and the heads train).
+ENCODER_SETTINGS = {"freeze_feature_encoder": True, "mask_time_prob": 0.0}
+RECIPE_SETTINGS = {**ENCODER_SETTINGS, "encoder_cache_folder": "null", "sorting": "random"}
 
 
 # ------------------------------------------------------------------------------ corpus
@@ -288,7 +299,7 @@ class BareLoop:
     def __init__(self, name, args, paths, hparams):
         self.name, self.args = name, args
         torch.manual_seed(args.seed)
-        self.encoder = SSLEncoder(args.encoder).to(args.device)
+        self.encoder = SSLEncoder(args.encoder, **ENCODER_SETTINGS).to(args.device)
         width, layers = self.encoder.output_size, self.encoder.num_layers
         self.emotion = EmotionHead(width, n_classes=len(IEMOCAP_CLASSES), num_layers=layers)
         self.ctc = CTCHead(width, len(CharVocabulary()), num_layers=layers)
@@ -301,11 +312,13 @@ class BareLoop:
         self.times = {"train": [], "eval": []}
         self.peaks = []
 
+    collate = staticmethod(bare_collate)
+
     def loader(self, data: BareData, batches: list[list[str]]) -> DataLoader:
         return DataLoader(
             data,
             batch_sampler=[[data.index[u] for u in batch] for batch in batches],
-            collate_fn=bare_collate,
+            collate_fn=self.collate,
             num_workers=self.args.workers,
             pin_memory=torch.device(self.args.device).type == "cuda",
             persistent_workers=False,
@@ -360,6 +373,72 @@ class BareLoop:
         self.peaks.append(memory.peak_gb())
 
 
+class PlainLoop(BareLoop):
+    """The reference: plain ``transformers`` calls as a user would write them. The base
+    model of the same architecture (``feature_extractor._freeze_parameters()``, no time
+    masking, layerdrop 0), waveforms padded and normalised by ``Wav2Vec2FeatureExtractor``
+    in the loader, ``model(x, attention_mask=...)`` (``masks``; without: the padded batch
+    as it is), mean pooling over the valid frames (without masks: over all frames), two
+    linear heads, CE + alpha * CTC (the recipe's formula), one AdamW with the recipe's two
+    learning rates, global clipping at 1. Batches and data as the other loops."""
+
+    def __init__(self, name, args, paths, hparams, masks: bool):
+        super().__init__(name, args, paths, hparams)  # data, timers (its modules are replaced)
+        normalize = self.encoder.normalize_waveform
+        del self.encoder
+        torch.manual_seed(args.seed)
+        self.masks = masks
+        model, _ = build_ssl_model(args.encoder, mask_time_prob=0.0, layerdrop=0.0)
+        model.feature_extractor._freeze_parameters()  # what model.freeze_feature_encoder() does
+        width = model.config.hidden_size
+        self.model = model
+        self.emotion = torch.nn.Linear(width, len(IEMOCAP_CLASSES))
+        self.ctc = torch.nn.Linear(width, len(CharVocabulary()))
+        heads = torch.nn.ModuleList([self.emotion, self.ctc])
+        self.modules = torch.nn.ModuleList([model, heads]).to(args.device)
+        encoder_params = [p for p in model.parameters() if p.requires_grad]
+        self.params = encoder_params + list(heads.parameters())
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": encoder_params, "lr": hparams["lr_encoder"]},
+                {"params": list(heads.parameters()), "lr": hparams["lr_heads"]},
+            ]
+        )
+        self.extractor = Wav2Vec2FeatureExtractor(
+            do_normalize=normalize, return_attention_mask=True
+        )
+
+    def collate(self, items):
+        """Items as `BareData`'s -> (input_values ``[B, S]``, relative lengths ``[B]``,
+        emotions, tokens, token lengths), padded and normalised by the feature extractor."""
+        inputs = self.extractor(
+            [w.numpy() for w, _, _ in items],
+            sampling_rate=SAMPLE_RATE,
+            padding=True,
+            return_tensors="pt",
+        )
+        wavs = inputs["input_values"].float()
+        rel = inputs["attention_mask"].sum(-1) / wavs.shape[1]
+        _, _, emo, tokens, token_lens = bare_collate(items)
+        return wavs, rel, emo, tokens, token_lens
+
+    def forward(self, wavs, rel, training: bool):
+        samples = wavs.shape[1]
+        if self.masks:
+            lengths = torch.round(rel * samples).long()
+            attention_mask = torch.arange(samples, device=wavs.device)[None] < lengths[:, None]
+            hidden = self.model(wavs, attention_mask=attention_mask.long()).last_hidden_state
+            frames = self.model._get_feat_extract_output_lengths(lengths).long()
+        else:
+            hidden = self.model(wavs).last_hidden_state
+            frames = torch.full_like(rel, hidden.shape[1], dtype=torch.long)
+        hidden = F.dropout(hidden, self.dropout, training=training)
+        valid = torch.arange(hidden.shape[1], device=hidden.device)[None] < frames[:, None]
+        pooled = (hidden * valid[..., None]).sum(1) / frames[:, None]
+        log_probs = F.log_softmax(self.ctc(hidden), dim=-1)
+        return self.emotion(pooled), log_probs, EncoderOutput(hidden, frames)
+
+
 # ---------------------------------------------------------------------------------- run
 def durations_of(paths: dict, split: str) -> dict[str, float]:
     return {u: r["duration"] for u, r in json.loads(paths[split].read_text()).items()}
@@ -397,61 +476,73 @@ def main() -> None:
     n_valid = args.valid or max(16, args.utterances // 10)
     paths = synthesize_corpus(args.corpus, args.utterances, n_valid)
     train_durations = durations_of(paths, "train")
-    valid_durations = durations_of(paths, "valid")
     values = np.array(list(train_durations.values()))
     memory = PeakMemory(args.device)
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        a = Recipe("(a) recipe, random batches", args, paths, work, True, sorting="random")
-        b = Recipe("(b) recipe, grouped (default)", args, paths, work, sorting="grouped")
-        c = BareLoop("(c) bare loop, batches of (a)", args, paths, a.hparams)
-        c2 = BareLoop("(c') bare loop, batches of (b)", args, paths, b.hparams)
-        params = sum(p.numel() for p in c.modules.parameters())
+        r = Recipe("(r) recipe, padding-aware (default)", args, paths, work, **RECIPE_SETTINGS)
+        p = PlainLoop("(p) transformers, attention masks", args, paths, r.hparams, masks=True)
+        o = BareLoop("(o) own modules, plain loop", args, paths, r.hparams)
+        r0 = Recipe(
+            "(r0) recipe, padding_aware False", args, paths, work, padding_aware=False,
+            **RECIPE_SETTINGS,
+        )  # fmt: skip
+        p0 = PlainLoop("(p0) transformers, no masks", args, paths, r0.hparams, masks=False)
+        params = sum(q.numel() for q in p.modules.parameters())
         threads = f" ({torch.get_num_threads()} threads)" if args.device == "cpu" else ""
         print(
             f"corpus {args.corpus}: {len(values)} training utterances ({values.sum() / 3600:.2f} h;"
             f" mean {values.mean():.2f} s, sd {values.std():.2f} s, longest {values.max():.1f} s),"
             f" {n_valid} validation\nencoder {args.encoder} ({params / 1e6:.1f} M parameters with"
-            f" both heads), device {args.device}{threads}, {args.precision}, {args.workers} loader"
-            f" workers, {args.rounds} interleaved rounds",
+            f" both heads; feature encoder frozen, no time masking, no encoder cache), random"
+            f" batches of 8, device {args.device}{threads}, {args.precision}, {args.workers}"
+            f" loader workers, {args.rounds} interleaved rounds",
             flush=True,
         )
         for epoch in range(1, args.rounds + 1):
-            a.epoch(epoch, memory)
-            c.epoch(a.batches[-1], a.eval_batches[-1], memory)
-            b.epoch(epoch, memory)
-            c2.epoch(b.batches[-1], b.eval_batches[-1], memory)
+            r.epoch(epoch, memory)
+            p.epoch(r.batches[-1], r.eval_batches[-1], memory)
+            o.epoch(r.batches[-1], r.eval_batches[-1], memory)
+            r0.epoch(epoch, memory)
+            p0.epoch(r0.batches[-1], r0.eval_batches[-1], memory)
             print(f"round {epoch}/{args.rounds} done", flush=True)
 
-        print(f"\n  {'':<34} {'train/epoch':>10} {'eval/pass':>10} {'padding':>8} {'peak mem':>11}")
-        for config, batches in ((a, a), (b, b), (c, a), (c2, b)):
+        print(f"\n  {'':<38} {'train/epoch':>10} {'eval/pass':>10} {'padding':>8} {'peak mem':>11}")
+        for config, batches in ((r, r), (p, r), (o, r), (r0, r0), (p0, r0)):
             padding = share(batches.batches[0], train_durations)
             print(
                 row(config.name, config.times["train"], config.times["eval"], padding, config.peaks)
             )
-        print(
-            f"  evaluation padding: manifest order {share(a.eval_batches[0], valid_durations):.1%},"
-            f" duration order {share(b.eval_batches[0], valid_durations):.1%}"
-        )
 
-        def ratio(x, y, key):
+        def ratio(x, y, key="train"):
             return min(x.times[key]) / min(y.times[key])
 
-        def epoch_ratio(x, y):
-            return (min(x.times["train"]) + min(x.times["eval"])) / (
-                min(y.times["train"]) + min(y.times["eval"])
+        def per_round(x, y):  # the same round's epochs: interleaving cancels slow phases
+            return " ".join(
+                f"{a / b:.2f}" for a, b in zip(x.times["train"], y.times["train"], strict=True)
             )
 
         print(
-            f"\nratios (fastest rounds): a/c train {ratio(a, c, 'train'):.3f}, "
-            f"b/c' train {ratio(b, c2, 'train'):.3f}, b/a train {ratio(b, a, 'train'):.3f}, "
-            f"b/a evaluation {ratio(b, a, 'eval'):.3f}, b/a epoch (train + evaluation) "
-            f"{epoch_ratio(b, a):.3f}",
+            f"\nratios (training epoch, fastest rounds; per round in brackets):\n"
+            f"  recipe / transformers with masks        r/p   {ratio(r, p):.3f}"
+            f" ({per_round(r, p)})\n"
+            f"  released mode / transformers, no masks  r0/p0 {ratio(r0, p0):.3f}"
+            f" ({per_round(r0, p0)})\n"
+            f"  recipe / own-modules loop               r/o   {ratio(r, o):.3f}"
+            f" ({per_round(r, o)})\n"
+            f"  own-modules loop / transformers         o/p   {ratio(o, p):.3f}\n"
+            f"  evaluation pass r/p {ratio(r, p, 'eval'):.3f}, r0/p0 {ratio(r0, p0, 'eval'):.3f}",
             flush=True,
         )
         if not args.no_probing:
             probe(args, paths, work, memory)
+    print(
+        "\nOn a GPU (CUDA "
+        + ("available here" if torch.cuda.is_available() else "not available here")
+        + f"): python benchmarks/train_epoch.py --corpus {args.corpus} --device cuda"
+        " --encoder random:base --utterances 400 --rounds 3 --workers 4 --no-probing"
+    )
 
 
 def probe(args, paths: dict, work: Path, memory: PeakMemory) -> None:

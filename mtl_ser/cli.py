@@ -3,8 +3,8 @@
 mtl-ser prepare iemocap|csv|ravdess|crema-d|msp-podcast|hf --output-folder O ...
 mtl-ser demo-data OUT [--seed N]
 mtl-ser evaluate MODEL MANIFEST_OR_CSV --output DIR [--label-map a=b,...] [--group-columns ...]
-mtl-ser export RUN OUT [--format mtl_ser|hf]
-mtl-ser predict MODEL FILES... [--output x.csv|x.json]
+mtl-ser export RUN OUT [--format mtl_ser|hf|onnx]
+mtl-ser predict MODEL FILES... [--output x.csv|x.json] [--min-confidence P]
 mtl-ser embed MODEL FILES... --output x.npy|x.parquet [--layer last|head|N]
 mtl-ser sweep HPARAMS [--alphas ... --folds ... --launcher local|slurm|submitit-local] [-- ARGS]
 mtl-ser sweep --status OUT
@@ -48,6 +48,7 @@ def _evaluate(args) -> None:
         device=args.device,
         **({} if args.group_columns is None else {"group_columns": args.group_columns}),
         overwrite=args.overwrite,
+        calibration_bins=args.calibration_bins,
     )
 
 
@@ -85,6 +86,9 @@ def _add_evaluate(subparsers) -> None:
         "results.json (default: speaker,gender)",
     )
     evaluate.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    evaluate.add_argument(
+        "--calibration-bins", type=_positive_int, default=15, help="confidence bins of ECE"
+    )
     evaluate.set_defaults(func=_evaluate)
 
 
@@ -103,6 +107,8 @@ def _demo_data(args) -> None:
 def _export(args) -> None:
     if args.format == "hf":
         from mtl_ser.export_hf import export_hf as export
+    elif args.format == "onnx":
+        from mtl_ser.export_onnx import export_onnx as export
     else:
         from mtl_ser.export import export_run as export
 
@@ -111,23 +117,38 @@ def _export(args) -> None:
 
 
 def _predict(args) -> int:
-    from mtl_ser.inference import load_model
-    from mtl_ser.predict import check_predictions_output, collect_audio_files, write_predictions
+    from mtl_ser.onnx_predictor import OnnxRecognizer, is_onnx_folder
+    from mtl_ser.predict import (
+        apply_min_confidence,
+        check_predictions_output,
+        collect_audio_files,
+        write_predictions,
+    )
 
     check_predictions_output(args.output, args.overwrite)
-    _check_device(args.device)
-    model = load_model(args.model, window=args.window, device=args.device)
+    if is_onnx_folder(args.model):  # ONNX Runtime only: no torch model code is imported
+        model = OnnxRecognizer(args.model, window=args.window)
+    else:
+        from mtl_ser.inference import load_model
+
+        _check_device(args.device)
+        model = load_model(args.model, window=args.window, device=args.device)
     files = collect_audio_files(args.inputs)
     if not files:
         raise FileNotFoundError(f"no audio files in {args.inputs}")
     # Progress bars only on a terminal; the summary line below either way.
     predictions = model.predict_batch(files, batch_size=args.batch_size, progress=None)
+    abstained = apply_min_confidence(predictions, args.min_confidence)
     write_predictions(predictions, model.labels, args.output)
     failed = [p for p in predictions if p.error]
     for p in failed:
         print(f"failed: {p.error}", file=sys.stderr)
     where = f" to {args.output}" if args.output else ""
-    print(f"{len(files) - len(failed)} of {len(files)} file(s) scored{where}", file=sys.stderr)
+    print(
+        f"{len(files) - len(failed)} of {len(files)} file(s) scored{where}"
+        + (f"; {abstained} abstained (confidence < {args.min_confidence:g})" if abstained else ""),
+        file=sys.stderr,
+    )
     return 1 if failed else 0
 
 
@@ -170,16 +191,25 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1], not {text}")
+    return value
+
+
 def _add_inference(subparsers) -> None:
     export = subparsers.add_parser("export", help="a finished run -> self-contained model folder")
     export.add_argument("run_folder")
     export.add_argument("out_dir")
     export.add_argument(
         "--format",
-        choices=("mtl_ser", "hf"),
+        choices=("mtl_ser", "hf", "onnx"),
         default="mtl_ser",
         help="mtl_ser: for mtl_ser's loader and `predict`; hf: a folder transformers loads "
-        "(AutoModelForAudioClassification, pipeline), the CTC head in OUT/ctc",
+        "(AutoModelForAudioClassification, pipeline), the CTC head in OUT/ctc; onnx: "
+        "model.onnx for ONNX Runtime (checked against PyTorch on export), which `predict` "
+        "runs without torch model code",
     )
     export.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     export.set_defaults(func=_export)
@@ -187,7 +217,9 @@ def _add_inference(subparsers) -> None:
     predict = subparsers.add_parser(
         "predict", help="emotions (and transcripts) of recordings; exit 1 if a file failed"
     )
-    predict.add_argument("model", help="exported model folder or training run folder")
+    predict.add_argument(
+        "model", help="exported model folder (mtl_ser or onnx format) or training run folder"
+    )
     predict.add_argument("inputs", nargs="+", help="audio files and/or folders (searched)")
     predict.add_argument(
         "--output", default=None, help="results .csv or .json (default: CSV on stdout)"
@@ -198,6 +230,12 @@ def _add_inference(subparsers) -> None:
     predict.add_argument("--batch-size", type=_positive_int, default=8)
     predict.add_argument("--device", default="cpu")
     predict.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    predict.add_argument(
+        "--min-confidence",
+        type=_probability,
+        default=0.0,
+        help="abstain (emotion 'abstained') when the largest probability is below this",
+    )
     predict.set_defaults(func=_predict)
 
     embed = subparsers.add_parser(

@@ -7,7 +7,9 @@ DATA is a prepared manifest (``test.json`` of any `mtl-ser prepare` folder; its
 ``labels.json`` gives the set's classes) or a CSV with columns ``path, emotion`` and
 optionally ``transcript`` (paths relative to ``--audio-root``, default the CSV's folder).
 Every utterance is scored whole, as in a recipe's test pass, and DIR gets the same files:
-``results.json``, ``predictions.csv`` and ``confusion_matrix.png``.
+``results.json``, ``predictions.csv``, ``confusion_matrix.png``, ``reliability_diagram.png``
+and ``coverage_accuracy.png`` (calibration: ECE over ``calibration_bins`` confidence bins,
+Brier score; before and after the model's temperature when it was calibrated).
 
 Labels are matched by name. A data label that is not one of the model's classes must be
 mapped explicitly (``--label-map cal=neu``) or excluded explicitly (``--drop-unmapped``,
@@ -214,6 +216,7 @@ def evaluate(
     verbose: bool = True,
     group_columns=DEFAULT_GROUP_COLUMNS,
     overwrite: bool = False,
+    calibration_bins: int = 15,
 ) -> dict:
     """Scores a model on a labelled set and writes a recipe's test outputs (module docstring)
     into ``output`` whole (a temporary sibling renamed into place).
@@ -236,6 +239,7 @@ def evaluate(
             results.json (`mtl_ser.groups`); ``speaker`` reads a manifest's ``spk``.
         overwrite: replace an ``output`` folder that holds anything but an earlier
             evaluation of the same model on the same data (never a training run folder).
+        calibration_bins: confidence bins of the expected calibration error.
 
     Returns: the results dict written to results.json. Raises OutputExistsError (before any
     work) for an ``output`` it may not replace.
@@ -281,7 +285,8 @@ def evaluate(
             probs = torch.tensor([[p.probabilities[c] for c in model_labels] for _, p in done])
             log.add_batch(
                 [i["id"] for i, _ in done],
-                torch.log(probs.clamp_min(1e-12)),  # softmax(log p) = p
+                # softmax(T log p) = softmax(logits): the uncalibrated probabilities.
+                torch.log(probs.clamp_min(1e-12)) * recognizer.model.temperature,
                 torch.tensor([model_labels.index(mapping[i["label"]]) for i, _ in done]),
                 [i["wrd"] for i, _ in done],
                 None if not recognizer.has_ctc else [p.transcript or "" for _, p in done],
@@ -313,6 +318,10 @@ def evaluate(
         **{key: trained.get(key) for key in DETAIL_FIELDS},
         "setting": trained.get("setting"),  # the trained run's full setting (mtl_ser.settings)
         "best_epoch": (recognizer.model.info or {}).get("checkpoint_epoch"),
+        "calibration": {
+            "bins": calibration_bins,
+            "temperature": (recognizer.model.spec or {}).get("temperature"),
+        },
         "corpus": facts["corpus"],
         # The model's test speakers are not compared with this set's: not claimed.
         "speaker_independent": None,
@@ -339,7 +348,8 @@ def evaluate(
         dropped = sum(excluded.values())
         print(
             f"{len(log.rows)} utterances of {set_name}: WA {results['wa']:.1%}  "
-            f"UA {results['ua']:.1%}  macro-F1 {results['macro_f1']:.1%}"
+            f"UA {results['ua']:.1%}  macro-F1 {results['macro_f1']:.1%}  "
+            f"ECE {results['ece']:.3f}  Brier {results['brier']:.3f}"
             + ("" if results.get("wer") is None else f"  WER {results['wer']:.3f}")
             + (f"; excluded (unmapped labels): {dict(excluded)}" if dropped else "")
             + (f"; skipped: {len(errors)}" if errors else "")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import sys
 from collections import Counter
 from pathlib import Path
@@ -32,8 +33,12 @@ from mtl_ser.data.labels import LabelSet
 from mtl_ser.data.prepare import prepare_iemocap
 from mtl_ser.data.text import CharVocabulary
 from mtl_ser.hparams_check import ConfigError
+from mtl_ser.models.peft_tuning import parameter_counts
 from mtl_ser.runlock import RunLock
 
+logger = logging.getLogger(__name__)
+
+logger = logging.getLogger(__name__)
 VOCAB_FILE = "vocab.json"
 COMMAND_LINE = "the command-line options"
 
@@ -216,20 +221,55 @@ def label_set_of(hparams: dict) -> LabelSet:
     return LabelSet.load(Path(hparams["train_annotation"]).parent)
 
 
-def experiment_vocabulary(output_folder: str | Path) -> CharVocabulary:
-    """The fixed CTC vocabulary, saved with the experiment; an experiment saved with another
-    vocabulary is refused (its checkpoints would not match)."""
-    vocab = CharVocabulary()
+def experiment_vocabulary(
+    output_folder: str | Path, train_annotation: str | Path, others: tuple = ()
+) -> CharVocabulary:
+    """The run's CTC vocabulary: the base set plus every other character of the training
+    transcripts (`CharVocabulary.from_transcripts`; English corpora give exactly the base
+    set), saved as ``vocab.json`` in the run folder. A run folder saved with another
+    vocabulary is refused (its checkpoints would not match).
+
+    Args:
+        output_folder: the run folder.
+        train_annotation: the training manifest (its ``wrd`` fields decide the set).
+        others: further manifests (valid, test): characters of theirs outside the set are
+            left out of their CTC targets, and counted in one logged line.
+
+    Returns: the vocabulary.
+    """
+    train = json.loads(Path(train_annotation).read_text())
+    vocab = CharVocabulary.from_transcripts(r.get("wrd") or "" for r in train.values())
     path = Path(output_folder) / VOCAB_FILE
     if path.is_file():
         saved = CharVocabulary.load(path)
         if saved != vocab:
+            differ = sorted(set(saved.characters) ^ set(vocab.characters))
             raise ValueError(
-                f"{path} holds another character vocabulary ({len(saved)} symbols) than this "
-                f"version of mtl_ser ({len(vocab)}); use a new output folder"
+                f"{path} holds another character vocabulary ({len(saved)} symbols) than the "
+                f"transcripts of {train_annotation} give ({len(vocab)}; differing: "
+                f"{''.join(differ[:20])!r}); use a new output folder"
             )
     elif sb.utils.distributed.if_main_process():
         vocab.save(path)
+    unknown, where = Counter(), []
+    for manifest in others:
+        for utt_id, record in json.loads(Path(manifest).read_text()).items():
+            missing = vocab.unknown(record.get("wrd") or "")
+            if missing:
+                unknown.update(missing)
+                where.append(utt_id)
+    if unknown:
+        chars = ", ".join(f"{c!r} {n}" for c, n in unknown.most_common(10))
+        logger.warning(
+            "CTC vocabulary (%d symbols, from %s) lacks characters of valid/test transcripts, "
+            "left out of their CTC targets: %d: %s; in %d utterance(s), e.g. %s",
+            len(vocab),
+            train_annotation,
+            sum(unknown.values()),
+            chars,
+            len(where),
+            ", ".join(where[:3]),
+        )
     return vocab
 
 
@@ -307,6 +347,23 @@ def end_distributed() -> None:
         torch.distributed.destroy_process_group()
 
 
+def _trained_parameters(hparams: dict) -> dict:
+    """The run's fine-tuning mode and trained parameter counts (also logged)."""
+    counts = parameter_counts(hparams["modules"], with_ctc=hparams["alpha"] > 0)
+    mode = hparams.get("finetuning_mode")  # the CNN recipe has no fine-tuning modes
+    share = counts["trained_encoder_parameters"] / max(counts["encoder_parameters"], 1)
+    logger.info(
+        "finetuning %s: %s trained parameters (encoder %s = %.2f%% of its %s, heads %s)",
+        mode,
+        f"{counts['trained_parameters']:,}",
+        f"{counts['trained_encoder_parameters']:,}",
+        100 * share,
+        f"{counts['encoder_parameters']:,}",
+        f"{counts['trained_parameters'] - counts['trained_encoder_parameters']:,}",
+    )
+    return {"finetuning": mode, **counts}
+
+
 def run_identity(hparams: dict, label_set: LabelSet) -> dict:
     """Facts that identify a run in results.json and in reports.
 
@@ -338,5 +395,68 @@ def run_identity(hparams: dict, label_set: LabelSet) -> dict:
         "encoder": hparams["encoder_name"],
         "corpus": prepared.get("corpus"),
         "labels": list(label_set.classes),
+        **_trained_parameters(hparams),
         "mtl_ser_version": mtl_ser.__version__,
     }
+
+
+def fit_calibration(brain, valid_set, loader_kwargs: dict) -> dict:
+    """The run's calibration setting, put in ``brain.identity["calibration"]`` (results.json).
+
+    With hparams ``calibration: temperature`` the temperature is fitted on the VALIDATION
+    set's emotion logits from the checkpoint ``checkpoint_selection`` chooses (the one the
+    test pass uses), never on test data, and stored in the run's model_spec.json so that
+    `predict`, `evaluate` and every export apply it. Call after ``fit`` and before the test.
+
+    Args:
+        brain: the trained `EmotionBrain` (hparams ``calibration``, ``calibration_bins``).
+        valid_set: the validation dataset given to ``fit``.
+        loader_kwargs: its loader options (as for validation).
+
+    Returns: ``{"bins"}``, plus with temperature scaling ``"temperature"``,
+    ``"valid_nll_before"``, ``"valid_nll_after"`` and ``"valid_utterances"``.
+    """
+    from mtl_ser.calibration import fit_temperature, nll
+    from mtl_ser.checkpoints import find_selected_checkpoint
+    from mtl_ser.export import load_tensors, store_temperature
+
+    hp = brain.hparams
+    setting = {"bins": hp.calibration_bins}
+    if hp.calibration == "temperature":
+        checkpoint = find_selected_checkpoint(brain.checkpointer, hp.checkpoint_selection)
+        if checkpoint is None:
+            raise RuntimeError(
+                f"no checkpoint with validation metrics in {brain.checkpointer.checkpoints_dir}:"
+                " nothing to calibrate"
+            )
+        for name, module in brain.modules.items():
+            if name in checkpoint.paramfiles:  # the weights only: the epoch counter stays
+                bare = getattr(module, "module", module)  # DDP-wrapped or not
+                bare.load_state_dict(load_tensors(checkpoint.paramfiles[name]))
+        logits, targets = validation_logits(brain, valid_set, loader_kwargs)
+        temperature = fit_temperature(logits, targets)
+        setting.update(
+            temperature=temperature,
+            valid_nll_before=nll(logits, targets),
+            valid_nll_after=nll(logits, targets, temperature),
+            valid_utterances=len(targets),
+        )
+        if sb.utils.distributed.if_main_process():
+            store_temperature(hp.output_folder, temperature)
+    brain.identity["calibration"] = setting
+    return setting
+
+
+@torch.no_grad()
+def validation_logits(brain, valid_set, loader_kwargs: dict):
+    """Emotion logits ``[N, C]`` and targets ``[N]`` (numpy) of ``valid_set`` from the
+    brain's current weights, in eval mode."""
+    loader = brain.make_dataloader(valid_set, stage=sb.Stage.VALID, **loader_kwargs)
+    brain.modules.eval()
+    logits, targets = [], []
+    for batch in loader:
+        with brain.evaluation_ctx:
+            outputs = brain.compute_forward(batch, stage=sb.Stage.VALID)
+        logits.append(outputs.emo_logits.float().cpu())
+        targets.append(batch.emo_encoded.data.squeeze(-1).cpu())
+    return torch.cat(logits).numpy(), torch.cat(targets).numpy()

@@ -31,6 +31,7 @@ from mtl_ser.data.audio import SAMPLE_RATE
 from mtl_ser.data.labels import LabelSet
 from mtl_ser.data.text import CharVocabulary
 from mtl_ser.model_spec import INFERENCE_MODULES, SPEC_FORMAT, build_module, validate_spec
+from mtl_ser.models.peft_tuning import merged_encoder_state
 
 SPEC_FILE = "model_spec.json"
 EXPORT_FILE = "mtl_ser_model.json"
@@ -76,6 +77,17 @@ def write_model_spec(
     return atomic_write_text(path, json.dumps(spec, indent=2) + "\n")
 
 
+def store_temperature(folder: str | Path, temperature: float) -> Path:
+    """Adds the calibration temperature (fitted on validation) to a run's model_spec.json,
+    so that every use of the model divides the emotion logits by it. Returns the path."""
+    path = Path(folder) / SPEC_FILE
+    spec = validate_spec({**_read_json(path), "temperature": float(temperature)}, path)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(spec, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 @dataclass
 class LoadedModel:
     """Modules with their weights plus what is needed to use them."""
@@ -86,6 +98,11 @@ class LoadedModel:
     sample_rate: int
     info: dict  # provenance: run identity, metrics, checkpoint epoch
     spec: dict | None = None  # the model_spec.json it was built from
+
+    @property
+    def temperature(self) -> float:
+        """The emotion logits' divisor (calibration fitted on validation; 1: none)."""
+        return float((self.spec or {}).get("temperature", 1.0))
 
 
 def _from_spec(spec: dict, state_dicts: dict[str, dict], info: dict) -> LoadedModel:
@@ -168,6 +185,10 @@ def load_run(run_folder: str | Path) -> LoadedModel:
         if name not in checkpoint.paramfiles:
             raise FileNotFoundError(f"checkpoint {checkpoint.path} has no {name}.ckpt")
         state_dicts[name] = load_tensors(checkpoint.paramfiles[name])
+    # A lora / adapters run: its adapters folded into plain weights (no peft needed later).
+    state_dicts["encoder"] = merged_encoder_state(
+        checkpoint.path.parent, spec["modules"]["encoder"], state_dicts["encoder"]
+    )
     info = {
         "source_run": str(run.resolve()),
         "checkpoint": checkpoint.path.name,

@@ -37,6 +37,7 @@ from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor
 from mtl_ser.atomic import atomic_folder
 from mtl_ser.export import LoadedModel, check_export_target, load_run, model_card
 from mtl_ser.models.ssl import SSLEncoder
+from mtl_ser.models.whisper import WHISPER_HF_NOTE, WhisperEncoder
 
 CTC_FOLDER = "ctc"
 WORD_DELIMITER = "|"
@@ -44,6 +45,8 @@ WORD_DELIMITER = "|"
 
 def _require_exportable(model: LoadedModel) -> None:
     encoder = model.modules["encoder"]
+    if isinstance(encoder, WhisperEncoder):
+        raise ValueError(f"--format hf: {WHISPER_HF_NOTE}: export it with --format mtl_ser")
     if not isinstance(encoder, SSLEncoder):
         raise ValueError(
             f"--format hf needs a transformers encoder; this model's is a "

@@ -20,15 +20,20 @@ from hyperpyyaml.core import resolve_references
 from ruamel.yaml import YAML
 
 from mtl_ser.brain import GRAD_CLIPS
+from mtl_ser.calibration import CALIBRATION_METHODS
 from mtl_ser.checkpoints import CHECKPOINT_SELECTIONS
 from mtl_ser.data.encoder_cache import cache_kind
 from mtl_ser.data.feature_cache import DTYPES
 from mtl_ser.data.pipelines import EVAL_ORDERS, SORTINGS
 from mtl_ser.data.protocols import PROTOCOL_FOLDS
 from mtl_ser.groups import check_columns
-from mtl_ser.models.backbones import BACKBONES, RANDOM_PRESETS, backbone_of
+from mtl_ser.models import whisper
+from mtl_ser.models.backbones import backbone_of
+from mtl_ser.models.encoders import ENCODER_TYPES, checkpoint_model_type
 from mtl_ser.models.heads import POOLINGS
 from mtl_ser.models.objective import CTC_REDUCTIONS
+from mtl_ser.models.peft_tuning import FINETUNING, resolve_finetuning
+from mtl_ser.models.whisper import WHISPER_INPUTS
 
 
 class ConfigError(ValueError):
@@ -128,6 +133,8 @@ RULES: dict[str, Rule] = {
     "number_of_epochs": integer(1),
     "early_stop_patience": optional(integer(1)),
     "checkpoint_selection": choice(*CHECKPOINT_SELECTIONS),
+    "calibration": choice(*CALIBRATION_METHODS),
+    "calibration_bins": integer(1),
     "lr_encoder": number(0.0, low_open=True),
     "lr_heads": number(0.0, low_open=True),
     "warmup_fraction": number(0.0, 1.0),
@@ -146,6 +153,12 @@ RULES: dict[str, Rule] = {
     "mask_time_prob": number(0.0, 1.0),
     "freeze_encoder": boolean,
     "freeze_feature_encoder": boolean,
+    "encoder_type": optional(choice(*ENCODER_TYPES)),
+    "finetuning": optional(choice(*FINETUNING)),
+    "lora_rank": integer(1),
+    "lora_alpha": number(0.0, low_open=True),
+    "lora_dropout": number(0.0, 1.0),
+    "whisper_input": choice(*WHISPER_INPUTS),
     "pooling": choice(*POOLINGS),
     "layerdrop": optional(number(0.0, 1.0)),
     "padding_aware": boolean,
@@ -226,6 +239,7 @@ def check_hparams(
     _check_device(run_opts, cli_keys)
     _check_encoder(effective, cli_keys)
     _check_tracker(effective, cli_keys)
+    _check_finetuning(effective)
     _check_encoder_cache(effective)
     _check_workers(effective)
     _check_distributed(effective, run_opts)
@@ -279,21 +293,19 @@ def _check_encoder(config: dict, cli_keys: set[str]) -> None:
     """The encoder exists and is of the type asked for, without building it: a random
     preset's name, a local folder's config.json and safetensors headers, the family."""
     source, expected = config.get("encoder_source"), config.get("encoder_type")
-    if expected is not None and expected not in BACKBONES:
+    if expected is not None and expected not in ENCODER_TYPES:
         raise ConfigError(
             f"{_flag('encoder_type', expected, cli_keys)}: encoder_type must be null or one "
-            f"of {', '.join(sorted(BACKBONES))}"
+            f"of {', '.join(sorted(ENCODER_TYPES))}"
         )
     if not isinstance(source, str):
         return
     flag = _flag("encoder_source", source, cli_keys)
     if source.startswith("random:"):
-        preset = source.split(":", 1)[1]
-        if preset not in RANDOM_PRESETS:
-            raise ConfigError(
-                f"{flag}: unknown random preset {preset!r}; use one of {', '.join(RANDOM_PRESETS)}"
-            )
-        model_type = RANDOM_PRESETS[preset][0]
+        try:
+            model_type = checkpoint_model_type(source)
+        except ValueError as err:
+            raise ConfigError(f"{flag}: {err}") from None
     elif Path(source).exists():
         folder = Path(source)
         config_file = folder / "config.json"
@@ -310,7 +322,9 @@ def _check_encoder(config: dict, cli_keys: set[str]) -> None:
     else:
         return  # a hub id: checked when it is fetched
     try:
-        backbone_of(model_type, expected, source)
+        whisper.check_type(model_type, expected, repr(source))
+        if model_type != whisper.MODEL_TYPE:
+            backbone_of(model_type, None, source)  # a family mtl_ser supports
     except ValueError as err:
         asked = f" with {_flag('encoder_type', expected, cli_keys)}" if expected else ""
         raise ConfigError(f"{flag}{asked}: {err}") from None
@@ -348,14 +362,24 @@ def _check_tracker(config: dict, cli_keys: set[str]) -> None:
         raise ConfigError(f"{_flag('tracker', kind, cli_keys)}: {err}") from None
 
 
+def _check_finetuning(config: dict) -> None:
+    """``finetuning`` and ``freeze_encoder`` must agree."""
+    if "finetuning" in config:
+        try:
+            resolve_finetuning(config["finetuning"], config["freeze_encoder"])
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+
 def _check_encoder_cache(config: dict) -> None:
     """A cache of frozen encoder outputs must give what every epoch would compute."""
     if "encoder_cache_folder" not in config:
         return
+    frozen = config["freeze_encoder"] or config.get("finetuning") == "frozen"
     try:
         cache_kind(
             config["encoder_cache_folder"],
-            config["freeze_encoder"],
+            frozen,
             config["freeze_feature_encoder"],
             config["augment_prob"],
             config["max_len"],

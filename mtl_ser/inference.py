@@ -12,8 +12,6 @@ Non-finite samples are refused with an error naming the input.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,53 +22,19 @@ from tqdm import tqdm
 from mtl_ser.data.audio import load_audio, require_finite, to_mono_rate
 from mtl_ser.export import EXPORT_FILE, SPEC_FILE, LoadedModel, load_exported, load_run
 from mtl_ser.models.masking import lengths_to_mask, masked_mean
+from mtl_ser.prediction_types import (  # noqa: F401  (AUDIO_EXTENSIONS: part of this API)
+    AUDIO_EXTENSIONS,
+    Embedding,
+    Prediction,
+    WindowPrediction,
+    window_bounds,
+)
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")
 # A 2-D waveform is [channels, time]; more rows than this is more likely a batch of
 # recordings or a [time, channels] array, so it is refused rather than guessed.
 MAX_CHANNELS = 8
 # `embed` layers besides an index into the encoder's hidden layers.
 EMBEDDING_LAYERS = ("last", "head")
-
-
-@dataclass
-class WindowPrediction:
-    """One window of a recording: seconds from the start, label and class probabilities."""
-
-    start: float
-    end: float
-    emotion: str
-    probabilities: dict[str, float]
-    transcript: str | None
-
-
-@dataclass
-class Prediction:
-    """What `EmotionRecognizer` says about one recording.
-
-    ``emotion`` / ``probabilities`` are over the whole recording; ``transcript`` is None for
-    a model without CTC head; ``error`` is set (and the rest empty) when the file could not
-    be scored.
-    """
-
-    path: str | None
-    emotion: str | None
-    probabilities: dict[str, float]
-    transcript: str | None
-    duration: float | None
-    windows: list[WindowPrediction] = field(default_factory=list)
-    error: str | None = None
-
-
-@dataclass
-class Embedding:
-    """An utterance-level vector of one recording (``vector`` None and ``error`` set when the
-    recording could not be embedded)."""
-
-    path: str | None
-    vector: np.ndarray | None  # [D] float32
-    duration: float | None
-    error: str | None = None
 
 
 class EmotionRecognizer:
@@ -237,10 +201,7 @@ class EmotionRecognizer:
 
     def windows(self, n_samples: int) -> list[tuple[int, int]]:
         """Splits ``n_samples`` into ceil(duration / window) equal windows: [(start, end)]."""
-        limit = self.window * self.model.sample_rate
-        count = max(1, math.ceil(n_samples / limit))
-        bounds = [round(k * n_samples / count) for k in range(count + 1)]
-        return list(zip(bounds[:-1], bounds[1:], strict=True))
+        return window_bounds(n_samples, self.window * self.model.sample_rate)
 
     def _predict_waveforms(
         self, waveforms: list[torch.Tensor], names: list, batch_size: int, progress=False
@@ -331,7 +292,8 @@ class EmotionRecognizer:
         transcripts = [""] * n if self.has_ctc else None
         for batch, enc in self._encoded_batches(segments, batch_size, progress, "scoring"):
             logits = self.modules["emotion_head"](enc.hidden, enc.lengths, enc.layers)
-            probs[batch] = torch.softmax(logits.float(), dim=-1).cpu()
+            # Temperature scaling fitted on validation (1 without calibration).
+            probs[batch] = torch.softmax(logits.float() / self.model.temperature, dim=-1).cpu()
             if self.has_ctc:
                 log_probs = self.modules["ctc_head"](enc.hidden, enc.layers)
                 rel_frames = enc.lengths.float() / log_probs.shape[1]

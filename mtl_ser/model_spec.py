@@ -14,11 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import transformers
 
 from mtl_ser.models.backbones import BACKBONES
 from mtl_ser.models.cnn import NORMALIZATIONS, CNNEncoder
 from mtl_ser.models.heads import LAYER_CHOICES, POOLINGS, CTCHead, EmotionHead
 from mtl_ser.models.ssl import SSLEncoder
+from mtl_ser.models.whisper import FRONT_END_KEYS, WHISPER_INPUTS, WhisperEncoder
 
 SPEC_FORMAT = 1
 INFERENCE_MODULES = ("encoder", "emotion_head", "ctc_head")
@@ -112,23 +114,27 @@ def _same_kind(value, default, key):
 
 # Config attributes that size tensors: positive and bounded.
 _SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+_WHISPER_SIZES = ("d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim")
+_SSL_CONFIGS = {model_type: backbone.cls("config") for model_type, backbone in BACKBONES.items()}
 
 
-def _hf_config(value, key) -> dict:
-    """A Hugging Face config dict of a supported encoder family, and nothing else."""
+def _hf_config(value, key, config_classes=None) -> dict:
+    """A Hugging Face config dict of a supported encoder family (``config_classes``:
+    model_type -> config class; default the self-supervised ones), and nothing else."""
+    config_classes = config_classes or _SSL_CONFIGS
     if not isinstance(value, dict):
         raise SpecError(f"{key} must be a Hugging Face config mapping, not {value!r}")
     model_type = value.get("model_type")
-    if model_type not in BACKBONES:
+    if model_type not in config_classes:
         raise SpecError(
-            f"{key}.model_type is {model_type!r}; buildable encoders: {sorted(BACKBONES)}"
+            f"{key}.model_type is {model_type!r}; buildable encoders: {sorted(config_classes)}"
         )
-    defaults = BACKBONES[model_type].cls("config")().to_dict()
+    defaults = config_classes[model_type]().to_dict()
     unknown = sorted(set(value) - set(defaults))
     if unknown:
         raise SpecError(f"{key} has keys that a {model_type} config does not have: {unknown}")
     checked = {k: _same_kind(v, defaults[k], f"{key}.{k}") for k, v in value.items()}
-    for size in _SIZES:
+    for size in (*_SIZES, *_WHISPER_SIZES):
         if size in checked:
             _int(checked[size], f"{key}.{size}")
     for width in checked.get("conv_dim", []):
@@ -165,6 +171,11 @@ def _odd(value, key):
 
 
 _SSL = {"source": _hf_config, "normalize_waveform": _bool, "padding_aware": _bool}
+_WHISPER = {
+    "source": lambda v, k: _hf_config(v, k, {"whisper": transformers.WhisperConfig}),
+    "front_end": lambda v, k: _mapping(v, k, dict.fromkeys(FRONT_END_KEYS, _int), FRONT_END_KEYS),
+    "whisper_input": _choice(WHISPER_INPUTS),
+}
 # class name in a spec -> (class, argument schema, required arguments)
 BUILDABLE: dict[str, tuple[type, dict, tuple]] = {
     "mtl_ser.models.ssl.SSLEncoder": (SSLEncoder, _SSL, ("source", "normalize_waveform")),
@@ -174,6 +185,11 @@ BUILDABLE: dict[str, tuple[type, dict, tuple]] = {
         SSLEncoder,
         _SSL,
         ("source", "normalize_waveform"),
+    ),
+    "mtl_ser.models.whisper.WhisperEncoder": (
+        WhisperEncoder,
+        _WHISPER,
+        ("source", "front_end", "whisper_input"),
     ),
     "mtl_ser.models.cnn.CNNEncoder": (
         CNNEncoder,
@@ -251,7 +267,11 @@ _SPEC = {
     "vocab": _vocab,
     "sample_rate": lambda v, k: _int(v, k, 1000, 384000),
     "channels": _choice(("mean",)),
+    # Optional: the emotion logits are divided by it (temperature scaling fitted on
+    # validation, `mtl_ser.calibration`).
+    "temperature": lambda v, k: _float(v, k, 1e-3, 1e3),
 }
+_OPTIONAL_SPEC_KEYS = ("temperature",)
 
 
 def validate_spec(spec, source: str | Path) -> dict:
@@ -260,7 +280,8 @@ def validate_spec(spec, source: str | Path) -> dict:
     Raises SpecError naming ``source`` (the file it came from) and the offending key.
     """
     try:
-        return _mapping(spec, "spec", _SPEC, required=tuple(_SPEC))
+        required = tuple(k for k in _SPEC if k not in _OPTIONAL_SPEC_KEYS)
+        return _mapping(spec, "spec", _SPEC, required=required)
     except SpecError as err:
         raise SpecError(f"{source}: refusing to load this model: {err}") from None
 

@@ -117,3 +117,83 @@ def training_curves_figure(epochs: Sequence[dict], title: str, chosen_epoch: int
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plot_reliability(curves: dict[str, Sequence[dict]], path: str | Path, title: str) -> Path:
+    """Writes a reliability diagram as PNG: accuracy against mean confidence per
+    confidence bin (the diagonal is perfect calibration), one line per curve, and the
+    share of utterances per bin below.
+
+    Args:
+        curves: name (e.g. "before", "after temperature") -> the bins of
+            `mtl_ser.calibration.reliability_bins` (``low``, ``high``, ``count``,
+            ``confidence``, ``accuracy``).
+        path: output PNG.
+        title: figure title.
+
+    Returns: the path.
+    """
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(5, 5.6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    top.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+    for name, bins in curves.items():
+        full = [b for b in bins if b["count"]]
+        top.plot(
+            [b["confidence"] for b in full],
+            [b["accuracy"] for b in full],
+            marker="o",
+            markersize=4,
+            label=name,
+        )
+    first = next(iter(curves.values()))
+    total = max(sum(b["count"] for b in first), 1)
+    for name, bins in curves.items():
+        bottom.step(
+            [b["low"] for b in bins] + [1.0],
+            [b["count"] / total for b in bins] + [bins[-1]["count"] / total],
+            where="post",
+            label=name,
+        )
+    top.set_ylabel("accuracy")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.legend(fontsize=8, loc="upper left")
+    top.set_title(title, fontsize=10)
+    bottom.set_xlabel("confidence (largest probability)")
+    bottom.set_ylabel("share")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_coverage_accuracy(curves: dict[str, Sequence[dict]], path: str | Path, title: str) -> Path:
+    """Writes accuracy against coverage (abstaining below a confidence threshold) as PNG.
+
+    Args:
+        curves: name -> the rows of `mtl_ser.calibration.coverage_accuracy`
+            (``threshold``, ``coverage``, ``accuracy``).
+        path: output PNG.
+        title: figure title.
+
+    Returns: the path.
+    """
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    for name, table in curves.items():
+        rows = [r for r in table if r["accuracy"] is not None]
+        ax.plot(
+            [r["coverage"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=name
+        )
+        for r in rows:
+            ax.annotate(f"{r['threshold']:g}", (r["coverage"], r["accuracy"]), fontsize=6)
+    ax.set_xlabel("coverage (share of utterances answered)")
+    ax.set_ylabel("accuracy of those answered")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from mtl_ser.atomic import atomic_write, check_file
-from mtl_ser.inference import AUDIO_EXTENSIONS, Embedding, Prediction
+from mtl_ser.prediction_types import AUDIO_EXTENSIONS, Embedding, Prediction
 
 
 def collect_audio_files(inputs: list[str | Path]) -> list[Path]:
@@ -31,12 +31,26 @@ def collect_audio_files(inputs: list[str | Path]) -> list[Path]:
     return files
 
 
+ABSTAINED = "abstained"
+
+
+def apply_min_confidence(predictions: list[Prediction], threshold: float) -> int:
+    """Marks predictions whose largest probability is below ``threshold`` as abstained
+    (in place; the probabilities are kept). Returns how many abstained."""
+    count = 0
+    for p in predictions:
+        if p.error is None and max(p.probabilities.values()) < threshold:
+            p.abstained = True
+            count += 1
+    return count
+
+
 def rows(predictions: list[Prediction], labels: tuple[str, ...]) -> list[dict]:
-    """Flat rows: path, emotion, p_<class>..., transcript, duration, windows,
-    window_emotions (``;``-separated), error."""
+    """Flat rows: path, emotion (``abstained`` below the confidence asked for), p_<class>...,
+    transcript, duration, windows, window_emotions (``;``-separated), error."""
     out = []
     for p in predictions:
-        row = {"path": p.path, "emotion": p.emotion}
+        row = {"path": p.path, "emotion": ABSTAINED if p.abstained else p.emotion}
         row.update({f"p_{c}": p.probabilities.get(c) for c in labels})
         row.update(
             transcript=p.transcript,

@@ -9,6 +9,8 @@ A finished run writes to its output folder::
     setting.json           the setting, written when the run starts (a resume must match it)
     predictions.csv        one row per test utterance
     confusion_matrix.png   test confusion matrix
+    reliability_diagram.png  accuracy vs confidence (before / after temperature scaling)
+    coverage_accuracy.png  accuracy when abstaining below a confidence threshold
     training_curves.png    per-epoch losses and validation metrics
 """
 
@@ -22,9 +24,15 @@ from pathlib import Path
 
 import torch
 
+from mtl_ser.calibration import DEFAULT_BINS, calibration_results
 from mtl_ser.groups import per_group_results
 from mtl_ser.metrics import classification_metrics, error_rates
-from mtl_ser.plots import plot_confusion, plot_training_curves
+from mtl_ser.plots import (
+    plot_confusion,
+    plot_coverage_accuracy,
+    plot_reliability,
+    plot_training_curves,
+)
 
 RESULTS_FILE = "results.json"
 PREDICTIONS_FILE = "predictions.csv"
@@ -57,6 +65,8 @@ class PredictionLog:
     # Group column -> {utt_id: value or None} (`mtl_ser.groups.attach_groups`): per-group
     # results in results.json and the columns' values in predictions.csv.
     groups: dict[str, dict] = field(default_factory=dict)
+    # Unrounded emotion logits [C] per row, in row order (calibration figures).
+    logits: list = field(default_factory=list)
 
     def add_batch(
         self,
@@ -72,6 +82,7 @@ class PredictionLog:
         """Adds a batch: logits ``[B, C]``, targets ``[B]``, and per-utterance lists
         (``speakers`` None when unknown)."""
         probs = torch.softmax(logits.detach().float(), dim=-1).cpu()
+        self.logits.extend(logits.detach().float().cpu().numpy())
         for i, utt in enumerate(ids):
             self.rows.append(
                 Prediction(
@@ -158,6 +169,30 @@ def write_run_outputs(
         results["groups"] = per_group_results(log)
     log.write_csv(folder / PREDICTIONS_FILE)
     title = run_title(identity)
+    # identity["calibration"]: {"bins", "temperature" (fitted on validation) or absent}.
+    setting = identity.get("calibration") or {}
+    calibration = calibration_results(
+        log.logits,
+        [r.true for r in log.rows],
+        setting.get("bins", DEFAULT_BINS),
+        setting.get("temperature"),
+    )
+    results["calibration"] = {**setting, **calibration}  # + how the temperature was fitted
+    final = calibration["after"] or calibration["before"]  # what the model outputs
+    results["ece"], results["brier"] = final["ece"], final["brier"]
+    curves = {"uncalibrated": calibration["before"]}
+    if calibration["after"] is not None:
+        curves[f"temperature {calibration['temperature']:.2f}"] = calibration["after"]
+    plot_reliability(
+        {k: v["bins"] for k, v in curves.items()},
+        folder / "reliability_diagram.png",
+        f"{title}\nECE {final['ece']:.3f}  Brier {final['brier']:.3f}",
+    )
+    plot_coverage_accuracy(
+        {k: v["coverage_accuracy"] for k, v in curves.items()},
+        folder / "coverage_accuracy.png",
+        title,
+    )
     plot_confusion(
         results["confusion_matrix"],
         log.labels,

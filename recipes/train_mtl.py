@@ -23,6 +23,7 @@ from mtl_ser.experiment import (
     claim_run_folder,
     end_distributed,
     experiment_vocabulary,
+    fit_calibration,
     given_keys,
     label_set_of,
     lock_run_folder,
@@ -54,11 +55,17 @@ def main(argv):
     # Manifests for this protocol and fold (skipped when already prepared alike).
     prepare_data(hparams)
 
-    # Class order from the manifests, the fixed character set from the code.
+    # Class order from the manifests; characters from the training transcripts.
     label_set = label_set_of(hparams)
     setting = claim_run_folder(hparams, setting_values)
-    vocab = experiment_vocabulary(hparams["output_folder"])
+    vocab = experiment_vocabulary(
+        hparams["output_folder"],
+        hparams["train_annotation"],
+        (hparams["valid_annotation"], hparams["test_annotation"]),
+    )
     hparams["emotion_head"].set_num_classes(len(label_set.classes))
+    if "ctc_head" in hparams["modules"]:  # the CNN baseline has no CTC head
+        hparams["modules"]["ctc_head"].set_num_tokens(len(vocab))
     datasets = dataio_prep(hparams, label_set, vocab)
 
     brain = EmotionBrain(
@@ -78,6 +85,8 @@ def main(argv):
         train_loader_kwargs=train_loader_options(hparams, datasets["train"], brain.device),
         valid_loader_kwargs=eval_loader_options(hparams, brain.device),
     )
+    # Temperature scaling (calibration: temperature): fitted on validation logits only.
+    fit_calibration(brain, datasets["valid"], eval_loader_options(hparams, brain.device))
     # The test set, once, from the checkpoint chosen on validation (checkpoint_selection).
     brain.evaluate(datasets["test"], test_loader_kwargs=eval_loader_options(hparams, brain.device))
     if sb.utils.distributed.if_main_process():

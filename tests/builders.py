@@ -117,3 +117,24 @@ def setting_record(**values) -> dict:
     from mtl_ser.settings import digest
 
     return {"digest": digest(values), "values": values, "ignored": ["num_workers"]}
+
+
+def write_csv_corpus(root: Path, speakers=5, per_speaker=4, split_column=False):
+    """Writes 0.3 s wavs ``spk<s>/utt<i>.wav`` and ``root/corpus.csv`` (columns path, emotion,
+    transcript, speaker[, split]; emotions cycle neu, hap, ang, sad).
+
+    Returns: (csv path, rows as lists of strings)."""
+    labels = ["neu", "hap", "ang", "sad"]
+    rows = []
+    for s in range(speakers):
+        for i in range(per_speaker):
+            path = f"spk{s}/utt{i}.wav"
+            write_wav(root / path, seconds=0.3, seed=s * 10 + i)
+            row = [path, labels[i % 4], f"hello number {i}", f"spk{s}"]
+            if split_column:
+                row.append("test" if s == 0 else "valid" if s == 1 else "train")
+            rows.append(row)
+    header = "path,emotion,transcript,speaker" + (",split" if split_column else "")
+    csv_path = root / "corpus.csv"
+    csv_path.write_text(header + "\n" + "\n".join(",".join(r) for r in rows) + "\n")
+    return csv_path, rows

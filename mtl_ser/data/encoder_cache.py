@@ -53,6 +53,7 @@ from torch.utils.data import DataLoader
 
 from mtl_ser.data.audio import SAMPLE_RATE, load_audio
 from mtl_ser.data.feature_cache import DTYPES, CacheEntryError, EntryStore, entry_size
+from mtl_ser.models.backbones import BACKBONES
 from mtl_ser.models.outputs import EncoderOutput
 from mtl_ser.progress import Progress
 
@@ -206,6 +207,11 @@ class EncoderCache:
         """
         if not encoder.padding_aware:
             raise ValueError("the encoder cache needs a padding-aware encoder")
+        if encoder.model_type not in BACKBONES:
+            raise ValueError(
+                f"encoder_cache_folder: the encoder cache serves {sorted(BACKBONES)} encoders, "
+                f"not {encoder.model_type!r}: set encoder_cache_folder: null"
+            )
         model_config = encoder.model.config
         # The family's own settings (the base class's generic ones, e.g. id2label, do not
         # change what the encoder computes), less those a frozen part in eval mode ignores.

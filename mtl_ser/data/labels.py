@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,9 +51,11 @@ class LabelSet:
         return {"classes": list(self.classes), "merge": dict(sorted(self.merge.items()))}
 
     def save(self, folder: str | Path) -> Path:
-        """Writes ``folder/labels.json`` and returns its path."""
+        """Writes ``folder/labels.json`` (atomically) and returns its path."""
         path = Path(folder) / LABELS_FILE
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(tmp, path)
         return path
 
     @classmethod

@@ -8,7 +8,14 @@ A prepared folder holds::
                                       "split" what the split is (protocol, fold, folds,
                                       speaker-independent or not), read into run identities
     summary.txt                       what `prepare` printed
+    prepare_inputs.json               what made the content: the options, one digest per
+                                      utterance (its annotation and its audio's bytes), the
+                                      converted files' sources and every output's digest
     PREPARED                          completion marker, written last
+
+Every file is written atomically and the marker last, so an interrupted preparation leaves no
+marker. "Already prepared" is believed only when the inputs' key is unchanged and every output
+listed in prepare_inputs.json is present with its recorded digest (see `stale_reason`).
 
 Wav paths start with ``{data_root}`` (the corpus folder) or ``{manifest_root}`` (this folder,
 for audio converted during preparation), so both folders can move: `load_manifest` fills them.
@@ -22,15 +29,18 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from mtl_ser.data.audio import MIN_DURATION, MIN_SAMPLES, SAMPLE_RATE
+from mtl_ser.data.fingerprint import DigestCache
 from mtl_ser.data.labels import LabelSet
 from mtl_ser.data.protocols import SPLITS
 
 MARKER = "PREPARED"
 OPTIONS_FILE = "prepare_options.json"
 SUMMARY_FILE = "summary.txt"
+INPUTS_FILE = "prepare_inputs.json"
 # Bumped when the manifest format changes: older folders are then regenerated.
 # 2: the "split" facts in prepare_options.json; utterances shorter than MIN_SAMPLES refused.
-MANIFEST_FORMAT = 2
+# 3: prepare_inputs.json (folders keyed on their inputs' contents, outputs validated).
+MANIFEST_FORMAT = 3
 SPLIT_KEY = "split"
 # Above this many speakers in a split, summaries show the split's totals only (MSP-Podcast has
 # thousands of speakers; its per-speaker table would bury the rest).
@@ -44,17 +54,82 @@ def manifest_paths(folder: str | Path) -> dict[str, Path]:
     return {split: Path(folder) / f"{split}.json" for split in SPLITS}
 
 
-def is_prepared(folder: str | Path, options: dict) -> bool:
-    """True when ``folder`` holds a completed preparation made with exactly ``options``."""
+def _names(ids: list[str], shown: int = 3) -> str:
+    more = f", +{len(ids) - shown} more" if len(ids) > shown else ""
+    return f"{len(ids)} ({', '.join(ids[:shown])}{more})"
+
+
+def stale_reason(folder: str | Path, inputs: dict, cache: DigestCache) -> str | None:
+    """Whether ``folder`` holds a completed preparation of exactly ``inputs``.
+
+    Args:
+        folder: a prepared folder (or one that is not prepared yet).
+        inputs: the key of this preparation: ``{"options": {...}, "records": {utt_id:
+            digest}, "report": digest}`` (see `mtl_ser.data.corpora.base.prepare_corpus`).
+        cache: digests of the outputs (a truncated or replaced output is noticed).
+
+    Returns:
+        None when the folder is complete, was made from the same key and every recorded
+        output is present with its recorded digest; otherwise one phrase saying what differs
+        (what changed in the inputs, or which output is missing or altered).
+    """
     folder = Path(folder)
-    options_file = folder / OPTIONS_FILE
-    if not (folder / MARKER).is_file() or not options_file.is_file():
-        return False
-    if not all(p.is_file() for p in manifest_paths(folder).values()):
-        return False
-    stored = json.loads(options_file.read_text())
-    stored.pop(SPLIT_KEY, None)  # a result of the preparation, not one of its options
-    return stored == json.loads(json.dumps({**options, "manifest_format": MANIFEST_FORMAT}))
+    if not (folder / MARKER).is_file():
+        return "the earlier preparation did not complete"
+    try:
+        stored = json.loads((folder / INPUTS_FILE).read_text())
+        if not isinstance(stored, dict):
+            raise ValueError
+    except (OSError, ValueError):
+        return f"no readable {INPUTS_FILE} (prepared by an older version)"
+    if stored.get("format") != MANIFEST_FORMAT:
+        return f"manifest format {stored.get('format')} (now {MANIFEST_FORMAT})"
+    reasons = []
+    old_options, new_options = stored.get("options") or {}, inputs["options"]
+    changed = sorted(
+        k for k in set(old_options) | set(new_options) if old_options.get(k) != new_options.get(k)
+    )
+    if changed:
+        reasons.append("options changed: " + ", ".join(changed))
+    old, new = stored.get("records") or {}, inputs["records"]
+    added = sorted(set(new) - set(old))
+    removed = sorted(set(old) - set(new))
+    altered = sorted(k for k in set(old) & set(new) if old[k] != new[k])
+    if added:
+        reasons.append(f"utterances added: {_names(added)}")
+    if removed:
+        reasons.append(f"utterances removed: {_names(removed)}")
+    if altered:
+        reasons.append(f"utterances whose audio or annotation changed: {_names(altered)}")
+    if stored.get("report") != inputs["report"]:
+        reasons.append("the corpus scan reports something else")
+    if reasons:
+        return "; ".join(reasons)
+    outputs = stored.get("outputs") or {}
+    if not all(p.name in outputs for p in manifest_paths(folder).values()):
+        return f"{INPUTS_FILE} lists no manifests"
+    for relative, digest in sorted(outputs.items()):
+        path = folder / relative
+        if not path.is_file():
+            return f"output {relative} is missing"
+        if cache.digest(path) != digest:
+            return f"output {relative} was changed or truncated"
+    for path in manifest_paths(folder).values():
+        try:
+            if not isinstance(json.loads(path.read_text()), dict):
+                raise ValueError
+        except ValueError:
+            return f"output {path.name} is not a manifest"
+    return None
+
+
+def read_prepared_inputs(folder: str | Path) -> dict:
+    """The content of ``folder/prepare_inputs.json`` ({} when absent or unreadable)."""
+    try:
+        data = json.loads((Path(folder) / INPUTS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def read_split_info(folder: str | Path) -> dict:
@@ -73,18 +148,25 @@ def write_prepared(
     options: dict,
     summary: str,
     split_info: dict | None = None,
+    inputs: dict | None = None,
+    cache: DigestCache | None = None,
 ) -> dict[str, Path]:
-    """Writes a prepared folder; the marker is written last, so a crash leaves no marker.
+    """Writes a prepared folder file by file (each atomically); the marker is removed first
+    and written last, so a crash leaves no marker and the next run prepares again.
 
     Args:
         folder: output folder (created).
         splits: ``{"train": {utt_id: record}, "valid": ..., "test": ...}``.
         label_set: class order saved as labels.json.
-        options: JSON-serialisable preparation options (compared by `is_prepared`).
+        options: JSON-serialisable preparation options (saved in prepare_options.json).
         summary: text saved as summary.txt.
         split_info: what the split is (``protocol``, ``fold``, ``folds``,
             ``speaker_independent``, ``description``), saved under "split" in
             prepare_options.json; training runs copy it into their identity.
+        inputs: the preparation's key (see `stale_reason`), plus ``converted``
+            ``{relative path: source digest}`` of the converted audio; saved in
+            prepare_inputs.json with the digests of every output (None: not saved).
+        cache: computes those digests (required with ``inputs``).
 
     Returns: the manifest paths.
     """
@@ -94,20 +176,31 @@ def write_prepared(
     paths = manifest_paths(folder)
     for split, path in paths.items():
         _write_json_atomic(path, splits[split])
-    label_set.save(folder)
-    (folder / SUMMARY_FILE).write_text(summary + "\n")
+    labels_path = label_set.save(folder)
+    _write_text_atomic(folder / SUMMARY_FILE, summary + "\n")
     stored = {**options, "manifest_format": MANIFEST_FORMAT}
     if split_info is not None:
         stored[SPLIT_KEY] = split_info
     _write_json_atomic(folder / OPTIONS_FILE, stored)
-    (folder / MARKER).write_text("complete\n")
+    if inputs is not None:
+        outputs = [*paths.values(), labels_path, folder / SUMMARY_FILE]
+        outputs += [folder / OPTIONS_FILE, *(folder / p for p in inputs.get("converted", {}))]
+        record = {"format": MANIFEST_FORMAT, **inputs}
+        record["outputs"] = {p.relative_to(folder).as_posix(): cache.digest(p) for p in outputs}
+        _write_json_atomic(folder / INPUTS_FILE, record)
+        cache.save()
+    _write_text_atomic(folder / MARKER, "complete\n")
     return paths
 
 
-def _write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _write_json_atomic(path: Path, data) -> None:
+    _write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def check_splits(

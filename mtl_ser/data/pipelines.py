@@ -197,8 +197,10 @@ def add_pipelines(
         # An utterance without text gets a one-space placeholder target (masked out of the
         # loss): a batch of only such utterances would otherwise pad zero-length tensors,
         # which SpeechBrain's padding cannot do.
-        yield vocab.encode(wrd) if wrd else vocab.encode(" ")
-        yield torch.tensor([bool(has_text) and not cropped])
+        # Characters no training transcript has are left out (the recipe counts them).
+        tokens = vocab.encode(wrd, drop_unknown=True) if wrd else torch.zeros(0)
+        yield tokens if len(tokens) else vocab.encode(" ")
+        yield torch.tensor([bool(has_text) and len(tokens) > 0 and not cropped])
 
     for pipeline in (encoder_input, emotion, text):
         dataset.add_dynamic_item(pipeline)

@@ -209,6 +209,13 @@ class CTCHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.linear = nn.Linear(input_size, n_tokens)
 
+    def set_num_tokens(self, n_tokens: int) -> None:
+        """Sizes the output layer for a vocabulary of ``n_tokens`` symbols (blank included):
+        rebuilt (freshly initialised) when it differs; call before the optimiser is made."""
+        if int(n_tokens) != self.n_tokens:
+            self.n_tokens = self._kwargs["n_tokens"] = int(n_tokens)
+            self.linear = nn.Linear(self.linear.in_features, self.n_tokens)
+
     def export_kwargs(self) -> dict:
         """Constructor arguments that rebuild this head (weights apart)."""
         return dict(self._kwargs)

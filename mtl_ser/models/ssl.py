@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mtl_ser.models.backbones import build_ssl_model, checkpoint_normalizes
@@ -100,6 +101,11 @@ class SSLEncoder(nn.Module):
         # embedding keeps its pretrained value.
         if getattr(self.model, "masked_spec_embed", None) is not None:
             self.model.masked_spec_embed.requires_grad_(False)
+        # A frozen feature encoder runs without autograd (`conv_features`): transformers'
+        # feature encoders mark their *input* as requiring grad in training mode unless
+        # their private ``_freeze_parameters`` was called, so frozen weights alone still
+        # record every convolution and differentiate the waveform for nothing.
+        self.frozen_features = bool(freeze or freeze_feature_encoder)
         if freeze:
             self.model.requires_grad_(False)
         elif freeze_feature_encoder:
@@ -204,17 +210,19 @@ class SSLEncoder(nn.Module):
         Args: wavs ``[B, S]`` float waveforms at 16 kHz, zero-padded; wav_lens ``[B]``
         relative lengths in (0, 1] (SpeechBrain convention).
 
-        Returns: (features ``[B, T, C]``, true frame counts ``[B]``).
+        Returns: (features ``[B, T, C]``, true frame counts ``[B]``); without autograd
+        history when the feature encoder is frozen (whatever the backbone and the mode).
         """
         lengths = torch.round(wav_lens * wavs.shape[1]).long()
-        if self.normalize_waveform:
-            wavs = normalize_per_utterance(wavs, lengths)
-        if self.padding_aware:
-            features = self._padding_aware_features(wavs, lengths)
-            frames = self.output_lengths(lengths).clamp(max=features.shape[1])
-        else:  # the released code: every frame of the padded batch counts
-            features = self.model.feature_extractor(wavs).transpose(1, 2)
-            frames = torch.full_like(lengths, features.shape[1])
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_features):
+            if self.normalize_waveform:
+                wavs = normalize_per_utterance(wavs, lengths)
+            if self.padding_aware:
+                features = self._padding_aware_features(wavs, lengths)
+                frames = self.output_lengths(lengths).clamp(max=features.shape[1])
+            else:  # the released code: every frame of the padded batch counts
+                features = self.model.feature_extractor(wavs).transpose(1, 2)
+                frames = torch.full_like(lengths, features.shape[1])
         return features, frames
 
     def forward(
@@ -243,8 +251,12 @@ class SSLEncoder(nn.Module):
             if isinstance(projected, tuple):  # (hidden, normalised features) except HuBERT
                 projected = projected[0]
             hidden = self.model._mask_hidden_states(projected, attention_mask=mask.long())
-            with self._tracking(mask):
-                hidden = self.model.encoder(hidden, attention_mask=mask).last_hidden_state
+            # The released code's all-valid mask is no mask: passing it would only send the
+            # attention down the slower masked path.
+            attention_mask = mask if self.padding_aware else None
+            with self._tracking(attention_mask):
+                hidden = self.model.encoder(hidden, attention_mask=attention_mask)
+                hidden = hidden.last_hidden_state
                 layers = tuple(self._collected)
         return EncoderOutput(hidden, frames, layers)
 
@@ -269,21 +281,20 @@ def masked_group_norm(x: torch.Tensor, lengths: torch.Tensor, norm: nn.GroupNorm
         lengths: ``[B]`` true frame counts.
         norm: the GroupNorm whose groups, eps and affine parameters are used.
 
-    Returns: ``[B, C, T]`` in ``x``'s dtype; equal to ``norm`` applied to each utterance alone
-    on its frames. The statistics are computed in float32 whatever the activation dtype: in
-    fp16 the sum of squares over a long utterance overflows (NaN at 30 s on the base
-    architecture) and bf16 loses the mean's precision.
+    Returns: ``[B, C, T]`` in ``x``'s dtype: each utterance's first ``lengths[b]`` frames
+    normalised by ``norm`` applied to them alone (the same kernel, so equal to the
+    utterance run alone), padded frames 0 (nothing valid reads them: the following
+    convolutions are valid ones and the transformer masks them). One native GroupNorm per
+    utterance instead of masked statistics over the whole batch: no full-size temporaries.
+    The statistics are computed in float32 whatever the activation dtype: in fp16 the sum
+    of squares over a long utterance overflows (NaN at 30 s on the base architecture) and
+    bf16 loses the mean's precision.
     """
-    batch, channels, time = x.shape
-    groups = norm.num_groups
-    dtype = x.dtype
-    x = x.float()
-    mask = lengths_to_mask(lengths, time)[:, None, None, :].to(x.dtype)  # [B, 1, 1, T]
-    grouped = x.reshape(batch, groups, channels // groups, time)
-    count = mask.sum(dim=-1, keepdim=True).clamp(min=1) * (channels // groups)
-    mean = (grouped * mask).sum(dim=(2, 3), keepdim=True) / count
-    var = (((grouped - mean) * mask) ** 2).sum(dim=(2, 3), keepdim=True) / count
-    out = ((grouped - mean) * torch.rsqrt(var + norm.eps)).reshape(batch, channels, time)
-    if norm.affine:
-        out = out * norm.weight.float()[None, :, None] + norm.bias.float()[None, :, None]
-    return out.to(dtype)
+    weight = None if norm.weight is None else norm.weight.float()
+    bias = None if norm.bias is None else norm.bias.float()
+    out = torch.empty_like(x)
+    for b, n in enumerate(lengths.clamp(min=1, max=x.shape[2]).tolist()):
+        part = x[b : b + 1, :, :n].float()
+        out[b : b + 1, :, :n] = F.group_norm(part, norm.num_groups, weight, bias, norm.eps)
+        out[b, :, n:] = 0
+    return out

@@ -105,6 +105,7 @@ def test_spec_level_keys_are_checked(exported, tmp_path):
         (lambda m: m["spec"].update(plugins=["x"]), r"unknown keys \['plugins'\]"),
         (lambda m: m["spec"].update(labels=["a", "a"]), "repeats a class"),
         (lambda m: m["spec"]["modules"].pop("encoder"), r"lacks \['encoder'\]"),
+        (lambda m: m["spec"].update(temperature=0), r"temperature must be a number in"),
     ):
         with pytest.raises(ValueError, match=message):
             load_exported(tampered(exported, tmp_path / message[:5], change))

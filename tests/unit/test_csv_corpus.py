@@ -10,26 +10,8 @@ import soundfile
 from mtl_ser.cli import main
 from mtl_ser.data.csv_corpus import prepare_csv
 from mtl_ser.data.labels import LabelSet, parse_label_list
+from tests.builders import write_csv_corpus as make_corpus
 from tests.builders import write_wav
-
-LABELS = ["neu", "hap", "ang", "sad"]
-
-
-def make_corpus(root, speakers=5, per_speaker=4, split_column=False):
-    """Writes wavs and a CSV; returns (csv path, rows)."""
-    rows = []
-    for s in range(speakers):
-        for i in range(per_speaker):
-            path = f"spk{s}/utt{i}.wav"
-            write_wav(root / path, seconds=0.3, seed=s * 10 + i)
-            row = [path, LABELS[i % 4], f"hello number {i}", f"spk{s}"]
-            if split_column:
-                row.append("test" if s == 0 else "valid" if s == 1 else "train")
-            rows.append(row)
-    header = "path,emotion,transcript,speaker" + (",split" if split_column else "")
-    csv_path = root / "corpus.csv"
-    csv_path.write_text(header + "\n" + "\n".join(",".join(r) for r in rows) + "\n")
-    return csv_path, rows
 
 
 def read(path):
@@ -246,9 +228,10 @@ def test_progress_is_one_line_per_loop_off_a_terminal(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "\r" not in err
     lines = err.strip().splitlines()
-    assert len(lines) == 2
-    assert lines[0].startswith("checking audio: 20 files in ")
-    assert lines[1].startswith("converting to 16 kHz mono: 1 file in ")
+    assert len(lines) == 3
+    assert lines[0].startswith("digesting audio: 20 files in ")
+    assert lines[1].startswith("checking audio: 20 files in ")
+    assert lines[2].startswith("converting to 16 kHz mono: 1 file in ")
 
 
 def test_run_identity_carries_speaker_independence(tmp_path):
@@ -263,3 +246,21 @@ def test_run_identity_carries_speaker_independence(tmp_path):
     identity = run_identity(hparams, LabelSet.load(tmp_path / "out"))
     assert (identity["protocol"], identity["fold"], identity["folds"]) == ("csv", 1, 1)
     assert identity["speaker_independent"] is True
+
+
+def test_transcripts_in_other_languages_keep_their_letters(tmp_path, capsys):
+    root = tmp_path / "audio"
+    csv_path, rows = make_corpus(root)
+    text = csv_path.read_text().replace("hello number 1", '"Café naïve, über 3 Straße"')
+    csv_path.write_text(text.replace("hello number 2", "€5 grüße"))
+    paths = prepare_csv(csv_path, root, tmp_path / "out", verbose=True)
+    records = {k: v for p in paths.values() for k, v in read(p).items()}
+    assert records["spk0/utt1"]["wrd"] == "CAFÉ NAÏVE ÜBER STRAßE"
+    assert records["spk0/utt2"]["wrd"] == "GRÜßE"
+    line = (
+        # "hello number 0" and "hello number 3" drop their digits too.
+        "characters dropped from transcripts (not letters): 25: '3' 10, '0' 5, '€' 5, '5' 5; "
+        "in 20 utterance(s), e.g. spk0/utt0, spk0/utt1, spk0/utt2 ..."
+    )
+    assert line in (tmp_path / "out/summary.txt").read_text()
+    assert line in capsys.readouterr().out

@@ -1,9 +1,14 @@
 """Recipe arguments: override files, `extends`, command-line precedence."""
 
+import json
+import logging
+
 import pytest
 from hyperpyyaml import load_hyperpyyaml
 
-from mtl_ser.experiment import parse_arguments, resolve_extends
+from mtl_ser.data.text import CHARACTERS, CharVocabulary
+from mtl_ser.experiment import experiment_vocabulary, parse_arguments, resolve_extends
+from mtl_ser.models.heads import CTCHead
 
 # Key names avoid prefixes of SpeechBrain's own options (argparse accepts abbreviations).
 BASE = """
@@ -77,3 +82,34 @@ def test_override_file_can_swap_an_objects_class(files):
     assert h["delay"] == Fraction(1, 3)
     # The same class still merges argument by argument.
     assert h["keep"] == timedelta(days=2, hours=5)
+
+
+def _manifest(path, *texts):
+    path.write_text(json.dumps({f"u{i}": {"wrd": t} for i, t in enumerate(texts)}))
+    return path
+
+
+def test_experiment_vocabulary_from_training_transcripts(tmp_path, caplog):
+    english = _manifest(tmp_path / "en.json", "HELLO THERE", "")
+    (tmp_path / "en_run").mkdir()
+    assert experiment_vocabulary(tmp_path / "en_run", english) == CharVocabulary()
+    (tmp_path / "run").mkdir()
+    train = _manifest(tmp_path / "train.json", "GRÜßE", "ÜBER")
+    test = _manifest(tmp_path / "test.json", "ØL ÜBER", "Ø", "OK")
+    with caplog.at_level(logging.WARNING):
+        vocab = experiment_vocabulary(tmp_path / "run", train, (test,))
+    assert vocab.characters == CHARACTERS + ("Ü", "ß")
+    assert CharVocabulary.load(tmp_path / "run/vocab.json") == vocab
+    assert "left out of their CTC targets: 2: 'Ø' 2; in 2 utterance(s), e.g. u0, u1" in caplog.text
+    # A run folder made with another set is refused: its checkpoints would not fit.
+    with pytest.raises(ValueError, match="another character vocabulary .*'Üß'"):
+        experiment_vocabulary(tmp_path / "run", english)
+
+
+def test_ctc_head_is_sized_to_the_vocabulary():
+    head = CTCHead(8, 29)
+    head.set_num_tokens(33)
+    assert head.linear.out_features == 33 and head.export_kwargs()["n_tokens"] == 33
+    linear = head.linear
+    head.set_num_tokens(33)
+    assert head.linear is linear  # unchanged size: the layer is kept

@@ -136,3 +136,19 @@ def test_training_crops_depend_on_seed_epoch_and_utterance_only(prepared, demo_c
             assert torch.equal(main_crops[epoch][utt], worker_crops[epoch][utt]), (utt, epoch)
         assert torch.equal(main_crops[1][utt], reversed_crops[utt])
     assert any(not torch.equal(main_crops[0][u], main_crops[1][u]) for u in long_ids)
+
+
+def test_characters_outside_the_vocabulary_are_left_out_of_targets(prepared, demo_corpus):
+    paths, labels = prepared
+    data = load_dataset(paths["test"], demo_corpus)
+    ids = [k for k in data.data_ids if data.data[k]["has_text"]][:2]
+    data.data[ids[0]]["wrd"] = "ÜBER ØL"  # some letters no training transcript had
+    data.data[ids[1]]["wrd"] = "你好"  # none of its letters in the set
+    vocab = CharVocabulary.from_transcripts(["ÜBER"])
+    add_pipelines(data, labels, vocab, None)
+    first, second = (data[data.data_ids.index(k)] for k in ids)
+    assert vocab.decode(first["tokens"]) == "ÜBER L"
+    assert bool(first["ctc_mask"])
+    # Nothing left: the placeholder target, masked out of the loss.
+    assert second["tokens"].tolist() == [vocab.encode(" ").item()]
+    assert not bool(second["ctc_mask"])

@@ -81,7 +81,7 @@ def test_same_options_skip_and_changed_options_regenerate(trap_tree, tmp_path, c
     prepare_iemocap(trap_tree, out, verbose=False)
     first_valid = read(out / "valid.json")
     prepare_iemocap(trap_tree, out, verbose=True)
-    assert "already prepared with the same options, skipping" in capsys.readouterr().out
+    assert "already prepared with the same options and inputs, skipping" in capsys.readouterr().out
 
     prepare_iemocap(trap_tree, out, fold=3, verbose=True)
     assert "already prepared" not in capsys.readouterr().out

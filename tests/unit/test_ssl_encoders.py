@@ -88,6 +88,20 @@ def test_masked_group_norm_matches_group_norm_on_unpadded_input():
     torch.testing.assert_close(part[1, :, :12], norm(x[1:2, :, :12])[0])
 
 
+def test_masked_group_norm_is_the_native_norm_per_utterance_and_zero_padding():
+    """Each utterance's frames get exactly (bitwise) what GroupNorm gives them alone and
+    padded frames are 0, without the masked full-batch statistics it used to build."""
+    torch.manual_seed(0)
+    norm = torch.nn.GroupNorm(8, 8)
+    norm.weight.data.uniform_()
+    norm.bias.data.uniform_()
+    x = torch.randn(3, 8, 40)
+    out = masked_group_norm(x, torch.tensor([40, 25, 7]), norm)
+    for b, n in enumerate([40, 25, 7]):
+        assert torch.equal(out[b, :, :n], norm(x[b : b + 1, :, :n])[0])
+        assert not out[b, :, n:].any()
+
+
 def test_normalize_per_utterance_ignores_padding():
     wavs = torch.tensor([[1.0, 3.0, 0.0, 0.0], [2.0, 4.0, 6.0, 8.0]])
     out = normalize_per_utterance(wavs, torch.tensor([2, 4]))
@@ -103,6 +117,34 @@ def test_frozen_parts(tmp_path):
     assert not enc.model.masked_spec_embed.requires_grad
     frozen = SSLEncoder("random:tiny", freeze=True).train()
     assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
+
+
+@pytest.mark.parametrize("padding_aware", [True, False])
+@pytest.mark.parametrize(
+    "preset",
+    ["wav2vec2-tiny", "wav2vec2-lv60-tiny", "hubert-tiny", "wavlm-tiny", "data2vec-audio-tiny"],
+)
+def test_frozen_feature_encoder_records_no_autograd_graph(preset, padding_aware):
+    """In training mode a frozen feature encoder's convolutions run without autograd (each
+    transformers feature encoder marks its input as requiring grad unless its private
+    ``_freeze_parameters`` was called, which differentiated the waveform for nothing),
+    while the transformer still gets gradients."""
+    torch.manual_seed(0)
+    enc = SSLEncoder(
+        f"random:{preset}", freeze_feature_encoder=True, padding_aware=padding_aware
+    ).train()
+    conv_outputs = []
+    for layer in enc.model.feature_extractor.conv_layers:
+        layer.conv.register_forward_hook(lambda m, a, out: conv_outputs.append(out))
+    wavs, rel = padded_batch()
+    out = enc(wavs, rel)
+    assert len(conv_outputs) == len(enc.model.feature_extractor.conv_layers)
+    graphs = [i for i, x in enumerate(conv_outputs) if x.grad_fn is not None or x.requires_grad]
+    assert not graphs, f"{preset}: convolutions {graphs} recorded an autograd graph"
+    out.hidden.pow(2).mean().backward()
+    assert all(p.grad is None for p in enc.model.feature_extractor.parameters())
+    trained = [p for p in enc.model.encoder.parameters() if p.requires_grad]
+    assert trained and all(p.grad is not None for p in trained)
 
 
 def test_loads_from_a_save_pretrained_folder(tmp_path):

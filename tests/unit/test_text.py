@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from mtl_ser.data.text import BLANK_INDEX, CharVocabulary, normalize_transcript
+from mtl_ser.data.text import (
+    BLANK_INDEX,
+    CHARACTERS,
+    CharVocabulary,
+    dropped_characters,
+    normalize_transcript,
+)
 
 
 @pytest.mark.parametrize(
@@ -18,10 +24,42 @@ from mtl_ser.data.text import BLANK_INDEX, CharVocabulary, normalize_transcript
         ("the singers' song", "THE SINGERS SONG"),
         ("[LAUGHTER]", ""),
         ("  ", ""),
+        # Letters of every script survive, NFKC-normalised and upper-cased.
+        ("Café naïve, über 3 Straße", "CAFÉ NAÏVE ÜBER STRAßE"),
+        ("Cafe\u0301", "CAFÉ"),  # decomposed accent: the same word as the composed one
+        ("\uff21\uff22\uff23 ok", "ABC OK"),  # full-width Latin
+        ("میں ٹھیک ہوں۔", "میں ٹھیک ہوں"),  # Urdu: its full stop is punctuation
+        ("你好，世界！", "你好 世界"),
+        ("नमस्ते दुनिया", "नमस्ते दुनिया"),  # combining vowel signs kept
     ],
 )
 def test_normalize_transcript(raw, expected):
     assert normalize_transcript(raw) == expected
+
+
+def test_dropped_characters_are_counted():
+    assert dropped_characters("Café naïve, über 3 Straße") == {"3": 1}
+    assert dropped_characters("€100 [LAUGHTER] 5%!") == {"€": 1, "1": 1, "0": 2, "5": 1}
+    assert dropped_characters("Oh, no... 'fine'") == {}
+
+
+def test_english_transcripts_give_exactly_the_base_set():
+    vocab = CharVocabulary.from_transcripts(["OH THAT'S GREAT", "", "XYZ QUIZ JACK"])
+    assert vocab == CharVocabulary()
+    assert vocab.characters == CHARACTERS
+
+
+def test_vocabulary_from_other_scripts_round_trips():
+    texts = [normalize_transcript(t) for t in ("Grüße über Straße", "Ça va, œuvre", "你好")]
+    vocab = CharVocabulary.from_transcripts(texts)
+    assert vocab.characters[: len(CHARACTERS)] == CHARACTERS
+    assert vocab.characters[len(CHARACTERS) :] == ("Ç", "Ü", "ß", "Œ", "你", "好")
+    for text in texts:
+        assert vocab.decode(vocab.encode(text)) == text
+    assert vocab.unknown("ÜBER ÅL") == {"Å": 1}
+    assert vocab.decode(vocab.encode("ÜBER ÅL", drop_unknown=True)) == "ÜBER L"
+    with pytest.raises(ValueError, match="'Å' of 'ÅL' is not in the CTC vocabulary"):
+        vocab.encode("ÅL")
 
 
 def test_vocabulary_is_fixed_with_blank_first():

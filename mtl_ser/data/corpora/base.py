@@ -7,7 +7,16 @@ A corpus module supplies two functions and its options; everything else is share
                        (unreadable, empty, NaN / Inf, shorter than MIN_DURATION: refused or
                        skipped), conversion of other rates / channels to 16 kHz mono
     split(records)  -> Split: train / valid / test and what the split is
-    (shared)           invariant checks, summary, manifests, options fingerprint, marker
+    (shared)           invariant checks, summary, manifests, inputs' key, marker
+
+One rule decides whether a folder is already prepared: its key is the options, one digest per
+kept utterance (its scanned record: label, transcript, speaker, path, ..., and its audio's
+bytes) and a digest of the scan report. The scan therefore always runs (it reads the
+annotation files and lists the audio); audio bytes are digested through a cache in the
+output folder (`mtl_ser.data.fingerprint.DigestCache`), so a re-run costs a stat per file.
+A folder whose key differs, or whose outputs are missing or altered, is prepared again and
+one line says why; converted audio is reused only when its source's content digest is the
+one it was made from and the converted file still has its recorded digest.
 
 A scanned record is a flat dict with at least ``id``, ``source`` (the audio file, a Path),
 ``where`` (how messages name it, e.g. ``Actor_01/03-01-01-01-01-01-01.wav`` or ``line 5
@@ -19,6 +28,7 @@ optional ``split`` hint (train / valid / test) for corpora that come split; any 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -28,16 +38,19 @@ from pathlib import Path
 import soundfile
 
 from mtl_ser.data.audio import MIN_SAMPLES, SAMPLE_RATE, AudioError, inspect_audio, load_audio
+from mtl_ser.data.fingerprint import DIGEST_CACHE_FILE, DigestCache, text_digest
 from mtl_ser.data.labels import LabelSet
 from mtl_ser.data.manifest import (
+    MARKER,
     check_splits,
-    is_prepared,
     manifest_paths,
+    read_prepared_inputs,
+    stale_reason,
     summarize,
     write_prepared,
 )
 from mtl_ser.data.protocols import SPLITS, speaker_folds
-from mtl_ser.data.text import NORMALIZATION_VERSION, normalize_transcript
+from mtl_ser.data.text import NORMALIZATION_VERSION, dropped_characters, normalize_transcript
 from mtl_ser.progress import Progress, track
 
 CONVERTED_FOLDER = "audio_16k"
@@ -125,13 +138,15 @@ def prepare_corpus(
             folder, a fingerprint of its files, protocol options, ...); the label set,
             ``on_error``, the transcript normalisation and the minimum duration are added.
         label_set: the classes kept, in order; other labels are dropped and counted.
-        scan: returns the corpus's `Scan` (called only when preparation is needed).
+        scan: returns the corpus's `Scan` (always called: its records are part of the key).
         split: assigns the kept, checked records to train / valid / test.
         data_root: the folder ``{data_root}`` stands for in wav paths (None: none).
         on_error: "fail" (raise listing every bad item) or "skip" (print and count them).
         verbose: progress and the summary on the terminal.
 
-    Returns: ``{"train": Path, "valid": Path, "test": Path}``.
+    Returns: ``{"train": Path, "valid": Path, "test": Path}``. An earlier preparation in
+    ``output_folder`` is kept only when made from the same key and its outputs validate
+    (see the module docstring); otherwise one printed line says what changed.
 
     Raises:
         ValueError: bad items with ``on_error="fail"``, an empty split, violated invariants.
@@ -146,11 +161,6 @@ def prepare_corpus(
         "normalization": NORMALIZATION_VERSION,
         "min_samples": MIN_SAMPLES,
     }
-    if is_prepared(output_folder, options):
-        if verbose:
-            print(f"{output_folder}: already prepared with the same options, skipping")
-        return manifest_paths(output_folder)
-
     found = scan()
     kept, dropped = [], Counter()
     for record in found.records:
@@ -159,6 +169,22 @@ def prepare_corpus(
             dropped[record["label_raw"]] += 1
         else:
             kept.append({**record, "emo": label})
+    cache = DigestCache(output_folder / DIGEST_CACHE_FILE)
+    inputs = {
+        "options": json.loads(json.dumps(options)),
+        "records": _record_digests(kept, cache, verbose),
+        "report": text_digest([found.lines, found.errors, sorted(dropped.items())]),
+    }
+    reason = stale_reason(output_folder, inputs, cache)
+    if reason is None:
+        cache.save()
+        if verbose:
+            print(f"{output_folder}: already prepared with the same options and inputs, skipping")
+        return manifest_paths(output_folder)
+    previous = read_prepared_inputs(output_folder)
+    if previous or (output_folder / MARKER).exists():
+        print(f"{output_folder}: preparing again: {reason}")
+
     errors = list(found.errors)
     records = []
     for record in track(kept, "checking audio", unit="file", enabled=verbose):
@@ -188,24 +214,64 @@ def prepare_corpus(
     roots = {"manifest_root": output_folder.resolve()}
     if data_root is not None:
         roots["data_root"] = Path(data_root).resolve()
-    converted = _place_audio(records, roots, verbose)
+    converted = _place_audio(records, roots, verbose, cache, previous)
     if converted:
-        header.append(f"converted to 16 kHz mono under {CONVERTED_FOLDER}/: {converted} files")
+        header.append(f"converted to 16 kHz mono under {CONVERTED_FOLDER}/: {len(converted)} files")
+    dropped_chars, dropped_in = Counter(), []
     for record in records:
         record["wrd"] = normalize_transcript(record["transcript"])
         # False when nothing is left after normalisation: kept for SER, skipped by WER/CTC.
         record["has_text"] = bool(record["wrd"])
+        lost = dropped_characters(record["transcript"])
+        if lost:
+            dropped_chars.update(lost)
+            dropped_in.append(record["id"])
     no_text = sum(not r["has_text"] for r in records)
     header.append(f"utterances with no text after normalisation (kept for SER, no WER): {no_text}")
+    if dropped_chars:
+        header.append(dropped_characters_line(dropped_chars, dropped_in))
 
     result = split(records)
     splits = {name: {r["id"]: _manifest_record(r) for r in result.splits[name]} for name in SPLITS}
     check_splits(splits, label_set, result.speaker_independent, roots)
     summary = summarize(splits, label_set, [result.description, *header])
-    paths = write_prepared(output_folder, splits, label_set, options, summary, result.info())
+    inputs["converted"] = converted
+    paths = write_prepared(
+        output_folder, splits, label_set, options, summary, result.info(), inputs, cache
+    )
     if verbose:
         print(summary)
     return paths
+
+
+def dropped_characters_line(counts: Counter, utterances: list[str], shown: int = 10) -> str:
+    """One line naming characters left out of CTC transcripts: each with its count (the
+    ``shown`` most frequent), how many utterances had any, and the first few of them."""
+    chars = ", ".join(f"{c!r} {n}" for c, n in counts.most_common(shown))
+    more = f" (+{len(counts) - shown} more kinds)" if len(counts) > shown else ""
+    examples = ", ".join(utterances[:3]) + (" ..." if len(utterances) > 3 else "")
+    return (
+        f"characters dropped from transcripts (not letters): {sum(counts.values())}: "
+        f"{chars}{more}; in {len(utterances)} utterance(s), e.g. {examples}"
+    )
+
+
+def _record_digests(records: list[dict], cache: DigestCache, verbose: bool) -> dict[str, str]:
+    """One digest per record: its scanned fields and its audio's bytes (the latter also kept
+    as ``record["_source_digest"]``, None when the file cannot be read: the audio check then
+    names it).
+
+    Returns: ``{utt_id: digest}``.
+    """
+    digests = {}
+    for record in track(records, "digesting audio", unit="file", enabled=verbose):
+        try:
+            record["_source_digest"] = cache.digest(record["source"])
+        except OSError:
+            record["_source_digest"] = None
+        fields = {k: v for k, v in record.items() if k != "_source_digest"}
+        digests[record["id"]] = text_digest([fields, record["_source_digest"]])
+    return digests
 
 
 def _manifest_record(record: dict) -> dict:
@@ -222,17 +288,27 @@ def safe_name(utt_id: str) -> str:
     return "/".join(p for p in parts if p not in ("", ".", "..")) or "_"
 
 
-def _place_audio(records: list[dict], roots: dict, verbose: bool) -> int:
+def _place_audio(
+    records: list[dict], roots: dict, verbose: bool, cache: DigestCache, previous: dict
+) -> dict[str, str]:
     """Sets each record's ``wav``: converted copies of files that are not 16 kHz mono under
-    ``<output>/audio_16k/`` (reused when newer than their source), and paths relative to
-    ``{data_root}`` or ``{manifest_root}`` for the others (absolute only outside both).
+    ``<output>/audio_16k/``, and paths relative to ``{data_root}`` or ``{manifest_root}`` for
+    the others (absolute only outside both).
 
-    Returns: how many records point at converted copies. Raises ValueError if a target would
-    lie outside the output folder (it cannot, by construction; checked all the same).
+    A converted copy is reused only when ``previous`` (the last preparation's
+    prepare_inputs.json) says it was made from a source with the same content digest and
+    the copy still has its recorded digest; never on its name or time alone. Files under
+    ``audio_16k/`` that no record uses any more are deleted.
+
+    Returns: ``{path relative to the output folder: source digest}`` of the converted
+    copies. Raises ValueError if a target would lie outside the output folder (it cannot,
+    by construction; checked all the same).
     """
     out_root = roots["manifest_root"]
     todo = [r for r in records if r.pop("_convert")]
-    used = set()
+    made_from = previous.get("converted") or {}
+    recorded = previous.get("outputs") or {}
+    used, converted = set(), {}
     with Progress("converting to 16 kHz mono", len(todo), "file", enabled=verbose) as bar:
         for record in todo:
             name = safe_name(record["id"])
@@ -242,19 +318,33 @@ def _place_audio(records: list[dict], roots: dict, verbose: bool) -> int:
             target = (out_root / CONVERTED_FOLDER / (name + ".wav")).resolve()
             if not target.is_relative_to(out_root):
                 raise ValueError(f"{record['where']}: would write {target} outside {out_root}")
-            source = Path(record["source"])
-            if not target.is_file() or target.stat().st_mtime < source.stat().st_mtime:
+            relative = target.relative_to(out_root).as_posix()
+            source_digest = record["_source_digest"]
+            reusable = (
+                made_from.get(relative) == source_digest
+                and target.is_file()
+                and recorded.get(relative) == cache.digest(target)
+            )
+            if not reusable:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                waveform = load_audio(source, SAMPLE_RATE)
+                waveform = load_audio(record["source"], SAMPLE_RATE)
                 tmp = target.with_suffix(".tmp.wav")
                 soundfile.write(str(tmp), waveform.numpy(), SAMPLE_RATE, subtype="PCM_16")
                 tmp.replace(target)
-            record["wav"] = "{manifest_root}/" + target.relative_to(out_root).as_posix()
+            converted[relative] = source_digest
+            record["wav"] = "{manifest_root}/" + relative
             bar.update()
     for record in records:
         if "wav" not in record:
             record["wav"] = _placeholder_path(Path(record["source"]), roots)
-    return len(todo)
+    folder = out_root / CONVERTED_FOLDER
+    if folder.is_dir():
+        for path in sorted(folder.rglob("*"), reverse=True):  # files before their folders
+            if path.is_file() and path.relative_to(out_root).as_posix() not in converted:
+                path.unlink()
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+    return converted
 
 
 def _placeholder_path(path: Path, roots: dict) -> str:
