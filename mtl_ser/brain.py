@@ -78,9 +78,11 @@ from mtl_ser.checkpoints import (
     has_valid_metrics,
     selection_key,
 )
+from mtl_ser.data.manifest import load_manifest
 from mtl_ser.data.sampler import DistributedBatches
 from mtl_ser.data.text import CharVocabulary
 from mtl_ser.export import write_model_spec
+from mtl_ser.groups import attach_groups, check_columns
 from mtl_ser.progress import is_terminal
 from mtl_ser.results import PredictionLog, write_run_outputs
 from mtl_ser.tasks import configured_tasks, parse_metric, task_context, tasks_identity
@@ -878,6 +880,9 @@ class EmotionBrain(sb.Brain):
             "epochs_trained": self.training_state["current"],
             "stopped_early": self.training_state["should_stop"],
         }
+        # Per-group results: each test utterance's group values from its manifest record.
+        records = load_manifest(self.hparams.test_annotation)
+        attach_groups(self.predictions, records, check_columns(self.hparams.group_columns))
         self.results = write_run_outputs(
             self.hparams.output_folder, identity, self.predictions, self._read_epoch_log()
         )

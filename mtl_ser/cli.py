@@ -2,13 +2,13 @@
 
 mtl-ser prepare iemocap|csv|ravdess|crema-d|msp-podcast|hf --output-folder O ...
 mtl-ser demo-data OUT [--seed N]
-mtl-ser evaluate MODEL MANIFEST_OR_CSV --output DIR [--label-map a=b,...]
+mtl-ser evaluate MODEL MANIFEST_OR_CSV --output DIR [--label-map a=b,...] [--group-columns ...]
 mtl-ser export RUN OUT [--format mtl_ser|hf|onnx]
 mtl-ser predict MODEL FILES... [--output x.csv|x.json] [--min-confidence P]
 mtl-ser embed MODEL FILES... --output x.npy|x.parquet [--layer last|head|N]
 mtl-ser sweep HPARAMS [--alphas ... --folds ... --launcher local|slurm|submitit-local] [-- ARGS]
 mtl-ser sweep --status OUT
-mtl-ser report FOLDERS... [--output-folder O]
+mtl-ser report FOLDERS... [--output-folder O] [--group-columns speaker,gender,...]
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def _evaluate(args) -> None:
         on_error=args.on_error,
         batch_size=args.batch_size,
         device=args.device,
+        **({} if args.group_columns is None else {"group_columns": args.group_columns}),
         overwrite=args.overwrite,
         calibration_bins=args.calibration_bins,
     )
@@ -78,6 +79,12 @@ def _add_evaluate(subparsers) -> None:
     evaluate.add_argument("--on-error", choices=("fail", "skip"), default="fail")
     evaluate.add_argument("--batch-size", type=int, default=8)
     evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument(
+        "--group-columns",
+        default=None,
+        help="manifest keys / CSV columns with per-group UA / WA (speaker-bootstrap CIs) in "
+        "results.json (default: speaker,gender)",
+    )
     evaluate.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     evaluate.add_argument(
         "--calibration-bins", type=_positive_int, default=15, help="confidence bins of ECE"
@@ -265,7 +272,7 @@ def _sweep(args) -> int:
 def _report(args) -> None:
     from mtl_ser.report import write_report
 
-    write_report(args.folders, args.output_folder, echo=print)
+    write_report(args.folders, args.output_folder, echo=print, group_columns=args.group_columns)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -293,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     report = subparsers.add_parser("report", help="tables and plots from finished runs")
     report.add_argument("folders", nargs="+", help="folders searched for results.json")
     report.add_argument("--output-folder", default=None, help="default: the first folder")
+    report.add_argument(
+        "--group-columns",
+        default=None,
+        help="predictions.csv columns with per-group results, e.g. speaker,gender,scripted "
+        "(default: those the runs recorded, else speaker,gender)",
+    )
     report.set_defaults(func=_report)
     return parser
 

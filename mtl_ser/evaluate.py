@@ -1,6 +1,7 @@
 """`mtl-ser evaluate`: a trained or exported model on any labelled set, without retraining.
 
     mtl-ser evaluate MODEL DATA --output DIR [--label-map src=dst,...] [--drop-unmapped]
+                     [--group-columns speaker,gender,...]
 
 DATA is a prepared manifest (``test.json`` of any `mtl-ser prepare` folder; its
 ``labels.json`` gives the set's classes) or a CSV with columns ``path, emotion`` and
@@ -32,6 +33,7 @@ from mtl_ser.data.labels import LabelSet
 from mtl_ser.data.manifest import OPTIONS_FILE, load_manifest, read_split_info
 from mtl_ser.data.protocols import PROTOCOL_FOLDS
 from mtl_ser.data.text import normalize_transcript
+from mtl_ser.groups import DEFAULT_GROUP_COLUMNS, attach_groups, check_columns
 from mtl_ser.paired import DETAIL_FIELDS
 from mtl_ser.results import PredictionLog, write_run_outputs
 
@@ -60,7 +62,8 @@ def read_items(
 ) -> tuple[list[dict], list[str], dict]:
     """Reads the utterances of a manifest or a CSV.
 
-    Returns: (items ``{"id", "wav", "label", "wrd", "has_text", "scripted"}``, bad rows of a
+    Returns: (items ``{"id", "wav", "label", "wrd", "has_text", "scripted", "speaker",
+    "record" (the manifest record or CSV row)}``, bad rows of a
     CSV (named), facts about the set: ``{"kind", "corpus", "labels", "name"}``).
     """
     data = Path(data)
@@ -95,6 +98,7 @@ def _manifest_items(path: Path, data_folder) -> tuple[list[dict], list[str], dic
             "has_text": bool(r.get("has_text", r.get("wrd"))),
             "scripted": r.get("scripted"),
             "speaker": r.get("spk"),
+            "record": r,  # its other keys (gender, session, ...) name groups
         }
         for utt_id, r in sorted(records.items())
     ]
@@ -143,6 +147,9 @@ def _csv_items(path: Path, audio_root: Path) -> tuple[list[dict], list[str], dic
                 "wrd": wrd,
                 "has_text": bool(wrd),
                 "scripted": None,
+                "speaker": row.get("speaker") or None,
+                # Its other columns (gender, ...) name groups; speaker as in a manifest.
+                "record": {**row, "spk": row.get("speaker")},
                 "where": row_where(row),
             }
         )
@@ -207,6 +214,7 @@ def evaluate(
     batch_size: int = 8,
     device: str = "cpu",
     verbose: bool = True,
+    group_columns=DEFAULT_GROUP_COLUMNS,
     overwrite: bool = False,
     calibration_bins: int = 15,
 ) -> dict:
@@ -227,6 +235,8 @@ def evaluate(
         on_error: "fail" or "skip" bad CSV rows and files that cannot be scored.
         batch_size, device: for the model.
         verbose: progress and a summary line.
+        group_columns: manifest keys (or CSV columns) whose per-group UA / WA go into
+            results.json (`mtl_ser.groups`); ``speaker`` reads a manifest's ``spk``.
         overwrite: replace an ``output`` folder that holds anything but an earlier
             evaluation of the same model on the same data (never a training run folder).
         calibration_bins: confidence bins of the expected calibration error.
@@ -239,6 +249,7 @@ def evaluate(
 
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+    group_columns = check_columns(group_columns, "--group-columns")
     owner = {
         "command": "evaluate",
         "model": str(Path(model_path).resolve()),
@@ -329,6 +340,7 @@ def evaluate(
             "data_split": facts.get("split") or None,
         },
     }
+    attach_groups(log, {i["id"]: i["record"] for i in items}, group_columns)
     output = Path(output)
     with atomic_folder(output, owner, overwrite) as tmp:
         results = write_run_outputs(tmp, identity, log, [])

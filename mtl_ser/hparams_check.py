@@ -26,6 +26,7 @@ from mtl_ser.data.encoder_cache import cache_kind
 from mtl_ser.data.feature_cache import DTYPES
 from mtl_ser.data.pipelines import EVAL_ORDERS, SORTINGS
 from mtl_ser.data.protocols import PROTOCOL_FOLDS
+from mtl_ser.groups import check_columns
 from mtl_ser.models import whisper
 from mtl_ser.models.backbones import backbone_of
 from mtl_ser.models.encoders import ENCODER_TYPES, checkpoint_model_type
@@ -96,6 +97,17 @@ def boolean(value) -> str | None:
     return None if isinstance(value, bool) else "True or False"
 
 
+def group_columns(value) -> str | None:
+    allowed = "a list of distinct manifest column names such as [speaker, gender]"
+    if not isinstance(value, list):
+        return allowed
+    try:
+        check_columns(value)
+    except ValueError:
+        return allowed + " (not one of predictions.csv's own columns)"
+    return None
+
+
 # Keys checked when the hparams file has them (the CNN recipe lacks the wav2vec2 ones).
 RULES: dict[str, Rule] = {
     "alpha": number(0.0),
@@ -158,6 +170,7 @@ RULES: dict[str, Rule] = {
     "class_weighting": choice(*CLASS_WEIGHTINGS),
     "class_weighting_beta": number(0.0, 1.0),
     "sampling": choice("natural", "class_balanced"),
+    "group_columns": group_columns,
 }
 # Keys every recipe reads: an hparams file without one is refused before any work.
 REQUIRED = ("recipe", "seed", "alpha", "output_folder", "skip_prep")

@@ -4,6 +4,8 @@ Definitions:
 - WA (weighted accuracy): correct / total utterances.
 - UA (unweighted accuracy): mean per-class recall over the classes present in the reference.
 - macro-F1: mean F1 over the same classes.
+- Weighted WA / UA (`weighted_wa`, `weighted_ua`): the same under per-utterance weights, many
+  weightings at once (the resamples of a bootstrap, `mtl_ser.stats`).
 - WER / CER: corpus-level (total edits / total reference words or characters) over the
   utterances that have a reference transcript.
 """
@@ -47,6 +49,42 @@ def classification_metrics(
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=ids).tolist(),
         "num_utterances": len(y_true),
     }
+
+
+def weighted_wa(true: np.ndarray, predicted: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """WA under utterance weights.
+
+    Args:
+        true, predicted: ``[N]`` class ids.
+        weights: ``[B, N]`` non-negative weights (e.g. how often a resample holds each
+            utterance); every row must have a positive sum.
+
+    Returns: ``[B]`` the weighted share of correct utterances (all-ones weights: the WA of
+    `classification_metrics`).
+    """
+    correct = (np.asarray(true) == np.asarray(predicted)).astype(float)
+    return (weights * correct).sum(1) / weights.sum(1)
+
+
+def weighted_ua(true: np.ndarray, predicted: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """UA under utterance weights: the mean recall over the classes with positive weight in
+    each row (all-ones weights: the UA of `classification_metrics`).
+
+    Args:
+        true, predicted: ``[N]`` class ids.
+        weights: ``[B, N]`` non-negative weights, each row with a positive sum.
+
+    Returns: ``[B]`` values.
+    """
+    true = np.asarray(true)
+    correct = (true == np.asarray(predicted)).astype(float)
+    recalls = []
+    for c in np.unique(true):
+        in_class = (true == c).astype(float)
+        n_c = (weights * in_class).sum(1)
+        hits = (weights * correct * in_class).sum(1)
+        recalls.append(np.where(n_c > 0, hits / np.maximum(n_c, 1e-12), np.nan))
+    return np.nanmean(np.stack(recalls, 1), axis=1)
 
 
 def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> dict:

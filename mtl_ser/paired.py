@@ -34,9 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mtl_ser.metrics import weighted_ua, weighted_wa
 from mtl_ser.report_rows import setting_key, setting_text, setting_values, value_text
 from mtl_ser.results import PREDICTIONS_FILE
-from mtl_ser.stats import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, cluster_bootstrap
+from mtl_ser.stats import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, FEW_CLUSTERS, cluster_bootstrap
 
 # The per-run keys `mtl-ser evaluate` copies from the trained run into its results.json.
 DETAIL_FIELDS = (
@@ -50,8 +51,6 @@ DETAIL_FIELDS = (
 ALPHA_WITH_RATES = {"alpha", "lr_encoder", "lr_heads"}
 FOLD_METRICS = ("wa", "ua", "macro_f1", "wer")
 POOLED_METRICS = ("wa", "ua", "wer")
-# Fewer speakers than this in a fold: the bootstrap interval is said to be too narrow.
-FEW_CLUSTERS = 5
 NAMES = {"wa": "WA", "ua": "UA", "macro_f1": "macro-F1", "wer": "WER"}
 
 
@@ -282,17 +281,9 @@ def pooled_metric(metric: str, arrays: dict, weights: np.ndarray, which: str) ->
     if metric == "wer":
         errors = (weights * arrays[f"errors_{which}"]).sum(1)
         return errors / np.maximum((weights * arrays["words"]).sum(1), 1e-12)
-    true = arrays["true"]
-    correct = (true == arrays[which]).astype(float)
     if metric == "wa":
-        return (weights * correct).sum(1) / weights.sum(1)
-    recalls = []
-    for c in np.unique(true):
-        in_class = (true == c).astype(float)
-        n_c = (weights * in_class).sum(1)
-        hits = (weights * correct * in_class).sum(1)
-        recalls.append(np.where(n_c > 0, hits / np.maximum(n_c, 1e-12), np.nan))
-    return np.nanmean(np.stack(recalls, 1), axis=1)
+        return weighted_wa(arrays["true"], arrays[which], weights)
+    return weighted_ua(arrays["true"], arrays[which], weights)
 
 
 def bootstrap(

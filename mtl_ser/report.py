@@ -21,6 +21,10 @@ run's full setting, see `mtl_ser.report_rows`) and writes to R (default O):
 - ``paired.csv`` and a "Paired comparisons" section of summary.md: settings that differ in
   one key compared on the folds they share, with paired tests over folds and speaker-cluster
   bootstrap confidence intervals (`mtl_ser.paired`).
+- ``groups.csv``, ``groups_ua.png`` and a "Per-group results" section of summary.md: UA / WA
+  per speaker, gender, ... (``--group-columns``) pooled over each row's runs, with
+  speaker-bootstrap intervals and the number of speakers each rests on
+  (`mtl_ser.group_report`; the files only where some run's predictions.csv gives groups).
 
 Every file is written whole: to a temporary sibling, then renamed into place.
 
@@ -38,7 +42,7 @@ import os
 import re
 from pathlib import Path
 
-from mtl_ser import paired
+from mtl_ser import group_report, paired
 from mtl_ser.data.protocols import SPEAKER_INDEPENDENT
 from mtl_ser.report_rows import (
     METRIC_NAMES,
@@ -273,7 +277,10 @@ def run_task_metrics(rows: list[Row]) -> list[tuple[str, str]]:
 
 # ------------------------------------------------------------------------------------ main
 def write_report(
-    folders: list[str | Path], output_folder: str | Path | None = None, echo=None
+    folders: list[str | Path],
+    output_folder: str | Path | None = None,
+    echo=None,
+    group_columns=None,
 ) -> dict:
     """Reads the runs below ``folders`` and writes the report files, each whole.
 
@@ -281,6 +288,8 @@ def write_report(
         folders: searched recursively for results.json.
         output_folder: where the files go (default: the first folder).
         echo: if given, called with a short text summary.
+        group_columns: columns of the per-group results (`mtl_ser.group_report`; None: those
+            the runs recorded).
 
     Returns: {"rows": [Row], "files": [Path]}. Raises ValueError / FileNotFoundError as
     `find_results` and `aggregate` do.
@@ -307,18 +316,28 @@ def write_report(
             plot_confusion(row.confusion, row.labels, tmp, title)
         figures.append(figure)
     comparisons = paired.compare_settings([run for row in rows for run in row.runs])
+    columns, by_group = group_report.report_groups(rows, group_columns)
+    group_files = []
+    if group_report.has_groups(by_group):
+        group_files = [output_folder / "groups.csv", output_folder / "groups_ua.png"]
+        with written_whole(group_files[0]) as tmp:
+            group_report.write_csv(by_group, tmp)
+        with written_whole(group_files[1]) as tmp:
+            group_report.plot(by_group, columns, details, tmp)
     markdown = output_folder / "summary.md"
     with written_whole(markdown) as tmp:
         tmp.write_text(
             summary_markdown(rows, list(folders), output_folder, figures)
             + "\n"
             + paired.markdown(comparisons)
+            + "\n"
+            + group_report.markdown(by_group, columns, details)
         )
     files = [markdown, *write_csvs(rows, output_folder)]
     paired_csv = output_folder / "paired.csv"
     with written_whole(paired_csv) as tmp:
         paired.write_csv(comparisons, tmp)
-    files += [paired_csv, *figures]
+    files += [paired_csv, *figures, *group_files]
     if echo is not None:
         for row in rows:
             stat = row.stats

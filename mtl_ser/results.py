@@ -2,6 +2,8 @@
 
 A finished run writes to its output folder::
 
+    results.json           metrics + the run's identity (schema below), per-group results
+                           (`mtl_ser.groups`) when group columns are attached
     results.json           metrics + the run's identity and its full resolved setting
                            ("setting": {digest, values, ignored}, mtl_ser/settings.py)
     setting.json           the setting, written when the run starts (a resume must match it)
@@ -23,6 +25,7 @@ from pathlib import Path
 import torch
 
 from mtl_ser.calibration import DEFAULT_BINS, calibration_results
+from mtl_ser.groups import per_group_results
 from mtl_ser.metrics import classification_metrics, error_rates
 from mtl_ser.plots import (
     plot_confusion,
@@ -62,6 +65,9 @@ class PredictionLog:
     # The other tasks' logs by task name (`mtl_ser.tasks.base.TaskLog`): their metrics go
     # under "tasks" and their columns into predictions.csv.
     task_logs: dict = field(default_factory=dict)
+    # Group column -> {utt_id: value or None} (`mtl_ser.groups.attach_groups`): per-group
+    # results in results.json and the columns' values in predictions.csv.
+    groups: dict[str, dict] = field(default_factory=dict)
     # Unrounded emotion logits [C] per row, in row order (calibration figures).
     logits: list = field(default_factory=list)
 
@@ -124,12 +130,14 @@ class PredictionLog:
 
     def write_csv(self, path: str | Path) -> None:
         """Writes one row per utterance: id, true, predicted, p_<class>..., reference,
-        hypothesis, has_text, scripted, speaker (empty when unknown)."""
+        hypothesis, has_text, scripted, speaker (empty when unknown), then the group columns
+        not among those (e.g. gender; empty when unknown)."""
+        extra = [c for c in self.groups if c not in ("scripted", "speaker")]
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(
                 ["id", "true", "predicted", *(f"p_{c}" for c in self.labels)]
-                + ["reference", "hypothesis", "has_text", "scripted", "speaker"]
+                + ["reference", "hypothesis", "has_text", "scripted", "speaker", *extra]
                 + [f"{n}_{c}" for n, log in self.task_logs.items() for c in log.columns()]
             )
             for r in sorted(self.rows, key=lambda r: r.id):
@@ -137,6 +145,7 @@ class PredictionLog:
                     [r.id, self.labels[r.true], self.labels[r.predicted], *r.probabilities]
                     + [r.reference, "" if r.hypothesis is None else r.hypothesis, r.has_text]
                     + ["" if r.scripted is None else r.scripted, r.speaker or ""]
+                    + [self.groups[c].get(r.id) or "" for c in extra]
                     + [cell for log in self.task_logs.values() for cell in log.row(r.id)]
                 )
 
@@ -164,6 +173,8 @@ def write_run_outputs(
     """
     folder = Path(folder)
     results = {"schema": RESULTS_SCHEMA, **identity, **log.metrics()}
+    if log.groups:
+        results["groups"] = per_group_results(log)
     log.write_csv(folder / PREDICTIONS_FILE)
     title = run_title(identity)
     # identity["calibration"]: {"bins", "temperature" (fitted on validation) or absent}.

@@ -72,6 +72,7 @@ IGNORED_KEYS: dict[str, str] = {
     "tracker_folder": "experiment tracker folder (logging only)",
     "experiment_tracker": "experiment tracker (logging only)",
     "train_logger": "the text log",
+    "group_columns": "which per-group tables results.json adds (the metrics are the same)",
     # SpeechBrain run options that change where or how visibly the same computation runs.
     "device": "the same computation on another device",
     "noprogressbar": "progress display",

@@ -21,6 +21,8 @@ BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
 # Resamples computed at once: bounds memory to [CHUNK, N] weights.
 CHUNK = 200
+# Fewer clusters than this in a stratum: reports say the bootstrap interval is too narrow.
+FEW_CLUSTERS = 5
 
 
 def cluster_weights(

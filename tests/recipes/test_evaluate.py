@@ -37,6 +37,7 @@ def test_evaluate_reproduces_the_runs_test_pass(mtl_run, tmp_path):
     assert before.keys() == after.keys()
     assert all(after[k]["predicted"] == before[k]["predicted"] for k in before)
     assert all(after[k]["speaker"] == before[k]["speaker"] != "" for k in before)
+    assert got["groups"] == expected["groups"]  # per speaker and gender, as the recipe's
     assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -69,6 +70,8 @@ def test_evaluate_a_csv_with_an_explicit_label_map(mtl_run, demo_corpus, tmp_pat
     assert results["evaluation"]["label_map"] == {"angry": "ang", "happy": "hap", "neutral": "neu"}
     assert results["protocol"] == "loso-on-other"
     assert results["wer"] is not None  # the CSV's transcripts are scored
+    gender = results["groups"]["columns"]["gender"]  # a CSV without a gender column: said
+    assert gender["groups"] == {} and "no test utterance has a 'gender'" in gender["notes"][0]
 
     with open(table, "a") as f:
         f.write(f"{tmp_path / 'tiny.wav'},sad,\n")

@@ -45,6 +45,7 @@ def check(tmp_path, *args, data=None, out=None):
             ["--sampling=class_balanced", "--dynamic_batching=True"],
             r"sampling: class_balanced .* needs sorting: grouped",
         ),
+        (["--group_columns=[speaker,id]"], r"group_columns must be a list of distinct manifest"),
     ],
 )
 def test_bad_values_are_named(tmp_path, args, message):
