@@ -44,9 +44,9 @@ setup(
         "tensorboard": ["tensorboard>=2.14"],
         "wandb": ["wandb>=0.16"],
         "mlflow": ["mlflow>=2.9"],
-        "parquet": ["pyarrow>=14"],
+        "parquet": ["pyarrow>=14"],  # mtl-ser embed --output x.parquet
         # mtl-ser export --format onnx; predict on an ONNX folder needs onnxruntime only
-        "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],  # mtl-ser embed --output x.parquet
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
     },
     entry_points={"console_scripts": ["mtl-ser=mtl_ser.cli:main"]},
 )
