@@ -69,8 +69,8 @@ def test_probing_epochs_read_the_encoder_cache_and_not_the_audio(demo_corpus, tm
     """A frozen encoder with a weighted layer sum (the SUPERB override): the first run
     fills the cache and trains epoch 1. Then every training and validation recording is
     overwritten with noise of the same size and modification time (so the same cache key):
-    reading it would fail. Resumed for epoch 2, the run trains and validates from the cache
-    alone; the test pass reads its own, untouched, recordings."""
+    reading it would fail. A second run of 2 epochs (its own folder, the same cache) trains
+    and validates from the cache alone; the test pass reads its own, untouched, recordings."""
     corpus = tmp_path / "corpus"
     shutil.copytree(demo_corpus, corpus)
     paths = prepare_iemocap(corpus, tmp_path / "manifests", verbose=False)
@@ -94,12 +94,14 @@ def test_probing_epochs_read_the_encoder_cache_and_not_the_audio(demo_corpus, tm
             f.write(os.urandom(stat.st_size))
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
+    # Another run (its own folder: a run folder belongs to one setting) sharing the cache.
+    out = tmp_path / "run2"
     second = run_recipe(
         "train_mtl.py", "mtl.yaml", corpus, out, "--number_of_epochs=2", *args, overrides=overrides
     )
     logged = second.stdout + second.stderr
     assert "(211 reused, 0 computed, of which 0 rebuilt)" in logged
-    assert "Going into epoch 1\n" not in logged and "Going into epoch 2" in logged
+    assert "Going into epoch 1\n" in logged and "Going into epoch 2" in logged
     log = epoch_log(out)
     assert [e["epoch"] for e in log] == [1, 2] and log[1]["train_loss_emo"] is not None
     results = read_json(out / "results.json")

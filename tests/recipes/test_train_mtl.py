@@ -130,8 +130,11 @@ def test_checkpoint_is_chosen_on_validation_where_validation_and_test_disagree(
     assert chosen["valid_ua"] == max(valid_uas)
     assert shifted_ua(chosen) == pytest.approx(max(valid_uas), abs=1e-12)
 
-    # The same run tested from its last epoch instead (no training: it is finished).
+    # The same training tested from its last epoch instead: another setting, so its own run
+    # folder (the training is deterministic: the same epochs, as the log shows).
+    out = tmp_path / "run_last"
     run_recipe("train_ser.py", "ser.yaml", demo_corpus, out, *args, "--checkpoint_selection=last")
+    assert [e["valid_ua"] for e in epoch_log(out)] == valid_uas
     last = read_json(out / "results.json")
     assert (last["best_epoch"], last["epochs_trained"]) == (4, 4)
     assert shifted_ua(last) == pytest.approx(valid_uas[-1], abs=1e-12)
