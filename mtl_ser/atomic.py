@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from mtl_ser.processes import process_alive
+
 OWNER_FILE = ".mtl_ser_output.json"
 # A folder holding one of these is a training run: no command replaces it whole, even with
 # --overwrite (its checkpoints would go).
@@ -104,18 +106,8 @@ def _remove_stale_partials(target: Path) -> None:
         if not sibling.name.startswith(prefix):
             continue
         pid = sibling.name[len(prefix) :].split(".")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             shutil.rmtree(sibling, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextmanager

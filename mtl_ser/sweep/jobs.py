@@ -13,7 +13,7 @@ import shutil
 import socket
 from dataclasses import dataclass
 
-from mtl_ser.sweep.process import process_alive
+from mtl_ser.processes import process_alive
 
 # Slurm job states (sacct), by what they mean for the run.
 SLURM_RUNNING = {"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT"}

@@ -118,36 +118,6 @@ def stop_process(process: subprocess.Popen, grace_s: float = 30.0) -> None:
             time.sleep(0.05)
 
 
-def process_alive(pid: int, mentions: str | None = None) -> bool:
-    """Whether process ``pid`` runs on this machine (a zombie does not).
-
-    Args:
-        pid: the process id.
-        mentions: text its command line must contain (e.g. the run folder), so that a
-            recycled pid is not taken for the process that had it; needs Linux's /proc,
-            elsewhere only the pid is checked.
-    """
-    proc = Path(f"/proc/{pid}")
-    if proc.is_dir():
-        try:
-            stat = (proc / "stat").read_text()
-            if stat[stat.rindex(")") + 2] in "ZX":  # zombie / dead
-                return False
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, ValueError, IndexError):
-            return False
-        return mentions is None or mentions in cmdline
-    if Path("/proc/self").is_dir():  # Linux, and the pid is gone
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity, which Slurm sets for a job)."""
     try:

@@ -15,11 +15,11 @@ import time
 
 import pytest
 
+from mtl_ser.processes import process_alive
 from mtl_ser.report import write_report
 from mtl_ser.runlock import is_locked
 from mtl_ser.sweep import execute_sweep, plan_sweep
 from mtl_ser.sweep.cluster import ClusterOptions, SubmititLauncher
-from mtl_ser.sweep.process import process_alive
 from mtl_ser.sweep.runfolder import read_events
 from mtl_ser.sweep.status import sweep_status
 from tests.recipes.helpers import ROOT, TINY, epoch_log, read_json

@@ -10,11 +10,12 @@ import time
 
 import pytest
 
+from mtl_ser.processes import process_alive
 from mtl_ser.runlock import RunLock
 from mtl_ser.sweep import LocalLauncher, execute_sweep
 from mtl_ser.sweep.cli import main as sweep_main
 from mtl_ser.sweep.plan import record_plan
-from mtl_ser.sweep.process import process_alive, start_process, stop_process
+from mtl_ser.sweep.process import start_process, stop_process
 from mtl_ser.sweep.runfolder import append_event, progress, read_events
 from mtl_ser.sweep.status import status_lines, sweep_status
 from tests.unit.test_sweep import fake_run
