@@ -1,7 +1,12 @@
-"""The alpha-ablation figure of `mtl-ser report`: UA / WA and WER against alpha.
+"""The alpha-ablation figure and table of `mtl-ser report`: UA / WA and WER against alpha
+by default, or one panel per chosen metric (``report --ablation-metrics emotion/ua,ctc/wer,
+dimensions/ccc_mean``: any top-level or task metric).
 
 Draws the rows `mtl_ser.report_rows` builds (report.py calls it; it imports nothing of
-report.py).
+report.py). One series per recipe, protocol and the setting keys that vary between rows
+(learning rates apart): rows that differ in ``task_weighting`` (fixed | uncertainty |
+pcgrad) are series of their own, so a learned weighting is seen against the best fixed
+alpha.
 """
 
 from __future__ import annotations
@@ -13,20 +18,98 @@ from mtl_ser.report_rows import (
     PERCENT,
     Row,
     alpha_text,
+    lower_is_better_metric,
+    metric_title,
     setting_text,
     varying_details,
 )
 
+# The default figure: UA and WA in one panel, WER in another (when a row has one).
+DEFAULT_PANELS = (("accuracy (%)", ("ua", "wa")), ("WER", ("wer",)))
 
-def plot_alpha_ablation(rows: list[Row], path: str | Path) -> Path:
-    """Writes UA / WA (top) and WER (bottom, when any row has one) against alpha.
 
-    One colour per (recipe, protocol); UA solid with filled circles, WA dashed with open
+def series_labels(rows: list[Row]) -> dict[int, str]:
+    """``id(row)`` -> the row's series: recipe, protocol and the setting keys that vary
+    between rows (learning rates apart: with `sweep --alpha0-lr`, alpha = 0 runs at another
+    rate belong to the same curve), e.g. ``mtl loso task_weighting=uncertainty``."""
+    details = [f for f in varying_details(rows) if not f.startswith("lr_")]
+    return {
+        id(r): " ".join([r.recipe, r.protocol, setting_text(r.setting, details)]).strip()
+        for r in rows
+    }
+
+
+def ablation_table(rows: list[Row], metrics: tuple[str, ...]) -> dict:
+    """What the figure draws, as numbers.
+
+    Args:
+        rows: the report rows; metrics: top-level (``ua``) or ``<task>/<metric>`` names.
+
+    Returns: {metric: {series: [(alpha, mean, std or None, n folds, row)]}} sorted by
+    alpha, for the rows that have the metric (series from `series_labels`).
+    """
+    label_of = series_labels(rows)
+    out: dict = {}
+    for metric in metrics:
+        by_series: dict = {}
+        for row in sorted(rows, key=lambda r: r.alpha):
+            (mean, std, n), _ = row.stat(metric)
+            if mean is not None:
+                by_series.setdefault(label_of[id(row)], []).append((row.alpha, mean, std, n, row))
+        out[metric] = dict(sorted(by_series.items()))
+    return out
+
+
+def ablation_markdown(rows: list[Row], metrics: tuple[str, ...]) -> str:
+    """The "Alpha ablation" section of summary.md: per metric, a line per series with its
+    mean ± std over folds at each alpha and its best alpha (the largest mean, the smallest
+    for a lower-is-better metric), so that series of a learned task weighting can be read
+    against the best fixed alpha."""
+    table = ablation_table(rows, metrics)
+    alphas = sorted({r.alpha for r in rows})
+    lines = [
+        "## Alpha ablation",
+        "",
+        "The numbers of `alpha_ablation.png`: per metric, mean ± sample std over folds (seeds "
+        "of a fold averaged first) of each series at each alpha, and the series' best alpha. "
+        "Series: recipe, protocol and the setting keys that vary between rows (learning "
+        "rates apart), e.g. `task_weighting=uncertainty` against `task_weighting=fixed`.",
+        "",
+    ]
+    for metric, by_series in table.items():
+        percent = metric in PERCENT
+
+        def cell(mean, std, percent=percent):
+            scale, digits = (100, 2) if percent else (1, 4)
+            text = f"{scale * mean:.{digits}f}"
+            return text if std is None else f"{text} ± {scale * std:.{digits}f}"
+
+        name = METRIC_NAMES[metric] if metric in METRIC_NAMES else metric
+        lines += [f"### {metric_title(name)}", ""]
+        header = ["series", *(f"alpha {alpha_text(a)}" for a in alphas), "best"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        pick = min if lower_is_better_metric(metric) else max
+        for label, points in by_series.items():
+            at = {alpha: (mean, std) for alpha, mean, std, _, _ in points}
+            best = pick(points, key=lambda p: p[1])
+            cells = [label, *(cell(*at[a]) if a in at else "–" for a in alphas)]
+            cells.append(f"{cell(best[1], None)} at alpha {alpha_text(best[0])}")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_alpha_ablation(rows: list[Row], path: str | Path, metrics=None) -> Path:
+    """Writes the metrics against alpha: by default UA / WA (top) and WER (bottom, when any
+    row has one); with ``metrics`` (top-level or ``<task>/<metric>`` names) one panel per
+    metric.
+
+    One colour per series (`series_labels`); UA solid with filled circles, WA dashed with open
     squares. Positive alphas lie on a log axis; alpha = 0 cannot, so it gets its own narrow
     axis on the left, labelled "0", set off by break marks, and a dotted line carries its mean
     across the log axis as the baseline to beat. Points of one alpha are nudged sideways so
     that error bars do not hide each other. Error bars: sample std over folds of the per-fold
-    means (`Row.stats`).
+    means (`Row.stat`).
 
     Returns: the path.
     """
@@ -34,18 +117,18 @@ def plot_alpha_ablation(rows: list[Row], path: str | Path) -> Path:
 
     from mtl_ser import plots  # noqa: F401  (selects the file-only matplotlib backend)
 
-    # One series per recipe, protocol and the setting keys that vary (learning rates apart:
-    # with `sweep --alpha0-lr`, alpha = 0 runs at another rate belong to the same curve).
-    details = [f for f in varying_details(rows) if not f.startswith("lr_")]
-    label_of = {
-        id(r): " ".join([r.recipe, r.protocol, setting_text(r.setting, details)]).strip()
-        for r in rows
-    }
+    label_of = series_labels(rows)
     series = sorted(set(label_of.values()))
     has_zero = any(r.alpha == 0 for r in rows)
     positives = sorted({r.alpha for r in rows if r.alpha > 0})
-    has_wer = any(r.stats["wer"][0] is not None for r in rows)
-    panels = [("accuracy (%)", ("ua", "wa"))] + ([("WER", ("wer",))] if has_wer else [])
+    if metrics is None:
+        panels = [
+            (ylabel, names)
+            for ylabel, names in DEFAULT_PANELS
+            if any(r.stat(m)[0][0] is not None for r in rows for m in names)
+        ]
+    else:
+        panels = [(metric_title(m), (m,)) for m in metrics]
     columns = [c for c, present in (("zero", has_zero), ("log", bool(positives))) if present]
     fig, axes = plt.subplots(
         len(panels),
@@ -62,21 +145,21 @@ def plot_alpha_ablation(rows: list[Row], path: str | Path) -> Path:
     def offset(series_index: int, metric: str) -> float:
         # Sideways nudge in units of the alpha = 0 axis (whose width is 1).
         spread = 0.12 * (series_index - (len(series) - 1) / 2)
-        return spread + {"ua": -0.035, "wa": 0.035, "wer": 0.0}[metric]
+        return spread + {"ua": -0.035, "wa": 0.035}.get(metric, 0.0)
 
-    for p, (ylabel, metrics) in enumerate(panels):
+    for p, (ylabel, names) in enumerate(panels):
         for index, name in enumerate(series):
             colour = colours[index % len(colours)]
             mine = [r for r in rows if label_of[id(r)] == name]
-            for metric in metrics:
+            for metric in names:
                 scale = 100 if metric in PERCENT else 1
-                marker, line, face = styles[metric]
+                marker, line, face = styles.get(metric, ("o", "-", None))
                 shift = offset(index, metric)
                 for c, column in enumerate(columns):
                     points = [
-                        (r.alpha, r.stats[metric], r)
+                        (r.alpha, r.stat(metric)[0], r)
                         for r in mine
-                        if (r.alpha == 0) == (column == "zero") and r.stats[metric][0] is not None
+                        if (r.alpha == 0) == (column == "zero") and r.stat(metric)[0][0] is not None
                     ]
                     if not points:
                         continue
@@ -95,7 +178,7 @@ def plot_alpha_ablation(rows: list[Row], path: str | Path) -> Path:
                         color=colour,
                         capsize=3,
                         markersize=5,
-                        label=f"{name} {METRIC_NAMES[metric].split()[0]}",
+                        label=f"{name} {METRIC_NAMES.get(metric, metric).split()[0]}",
                     )
                     for x, y, (_, _, row) in zip(xs, ys, points, strict=True):
                         if metric != "wa" and not row.complete:  # flagged on the figure too
@@ -128,7 +211,7 @@ def plot_alpha_ablation(rows: list[Row], path: str | Path) -> Path:
         if len(columns) == 2:
             _break_marks(axes[p][0], axes[p][1])
         axes[p][0].set_ylabel(ylabel)
-        if ylabel == "WER" and has_zero:
+        if has_zero and all(m == "wer" or m.startswith("ctc/") for m in names):
             axes[p][0].text(
                 1.0,
                 0.5,

@@ -9,6 +9,8 @@ mtl-ser embed MODEL FILES... --output x.npy|x.parquet [--layer last|head|N]
 mtl-ser sweep HPARAMS [--alphas ... --folds ... --launcher local|slurm|submitit-local] [-- ARGS]
 mtl-ser sweep --status OUT
 mtl-ser report FOLDERS... [--output-folder O] [--group-columns speaker,gender,...]
+    [--baseline alpha=0] [--paired-metrics emotion/ua,...] [--ablation-metrics emotion/ua,...]
+    [--wer-bins 0.25,0.5] [--wer-bins-hypothesis hypothesis]
 """
 
 from __future__ import annotations
@@ -272,7 +274,17 @@ def _sweep(args) -> int:
 def _report(args) -> None:
     from mtl_ser.report import write_report
 
-    write_report(args.folders, args.output_folder, echo=print, group_columns=args.group_columns)
+    write_report(
+        args.folders,
+        args.output_folder,
+        echo=print,
+        group_columns=args.group_columns,
+        baseline=args.baseline,
+        paired_metrics=args.paired_metrics,
+        ablation_metrics=args.ablation_metrics,
+        wer_bins=args.wer_bins,
+        wer_bins_hypothesis=args.wer_bins_hypothesis,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,6 +317,37 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="predictions.csv columns with per-group results, e.g. speaker,gender,scripted "
         "(default: those the runs recorded, else speaker,gender)",
+    )
+    report.add_argument(
+        "--baseline",
+        default=None,
+        help="compare every setting with this one: key=value[,key=value] (e.g. alpha=0, "
+        "task_weighting=fixed,alpha=0.1) or a setting digest of summary.csv (default: pairs "
+        "of settings that differ in one key)",
+    )
+    report.add_argument(
+        "--paired-metrics",
+        default=None,
+        help="metrics of the paired tests, e.g. emotion/ua,dimensions/ccc_mean (default: "
+        "wa,ua,macro_f1,wer)",
+    )
+    report.add_argument(
+        "--ablation-metrics",
+        default=None,
+        help="one panel each in alpha_ablation.png, e.g. emotion/ua,ctc/wer,dimensions/ccc_mean "
+        "(default: UA / WA and WER)",
+    )
+    report.add_argument(
+        "--wer-bins",
+        default="0.25,0.5",
+        help="edges of the per-utterance WER bins of wer_bins.csv (bins 0, (0, 0.25], "
+        "(0.25, 0.5], > 0.5 by default)",
+    )
+    report.add_argument(
+        "--wer-bins-hypothesis",
+        default="hypothesis",
+        help="the predictions.csv column the WER bins score (default: hypothesis, the greedy "
+        "CTC output; another decoder's column where the runs wrote one)",
     )
     report.set_defaults(func=_report)
     return parser

@@ -109,3 +109,11 @@ def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> dict:
         "num_utterances": len(references),
         "num_words": sum(len(r.split()) for r in references),
     }
+
+
+def word_errors(reference: str, hypothesis: str) -> int:
+    """Word edits (substitutions + deletions + insertions) of one utterance, counted as
+    `error_rates` counts them (jiwer): the utterance's WER is this over its reference's
+    word count."""
+    out = jiwer.process_words(reference, hypothesis)
+    return out.substitutions + out.deletions + out.insertions

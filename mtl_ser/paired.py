@@ -1,19 +1,25 @@
 """Paired comparisons of settings for `mtl-ser report`: is "alpha 0.1 beats alpha 0" real?
 
 Two settings (`mtl_ser.report_rows.setting_key`) are compared when their runs share test
-sets: runs with the same protocol and fold test on the same utterances. Settings are paired
-when they differ in exactly one key of their recorded setting (e.g. alpha, or pooling; or in
-alpha and the learning rates together: Cai et al. trained alpha = 0 at another rate,
-`sweep --alpha0-lr`) and use the same label set. For each pair and metric:
+sets: runs with the same protocol and fold test on the same utterances. By default settings
+are paired when they differ in exactly one key of their recorded setting (e.g. alpha, or
+pooling; or in alpha and the learning rates together: Cai et al. trained alpha = 0 at another
+rate, `sweep --alpha0-lr`) and use the same label set. With a baseline (`report --baseline
+alpha=0`, `select_baseline`) every other setting of the baseline's protocol and label set is
+compared with it instead, however many keys they differ in. For each pair and metric:
 
-- per fold (the unit of the tests): the difference second - first of WA, UA, macro-F1 and
-  WER (from results.json), each setting's value first averaged over the seeds both have in
+- per fold (the unit of the tests): the difference second - first of each metric (default
+  WA, UA, macro-F1 and WER; any top-level metric or task metric ``<task>/<metric>`` of the
+  runs' results.json with ``report --paired-metrics``, `mtl_ser.report_rows.metric_value`),
+  each setting's value first averaged over the seeds both have in
   that fold (seeds of a fold test the same utterances and speakers, so they are one unit,
   not independent ones); the mean and sample std over folds, a paired t-test and a Wilcoxon
   signed-rank test (two-sided; with n folds the smallest Wilcoxon p is 2 / 2^n, e.g. 0.0625
   for 5 folds);
 - pooled over the shared runs' utterances (from predictions.csv): WA, UA and WER of each
-  setting and the difference, with a 95% paired cluster-bootstrap confidence interval
+  setting (emotion WA / UA and greedy CTC WER, whichever of them the metrics ask for; the
+  other metrics are compared over folds only, which the outputs say) and the difference,
+  with a 95% paired cluster-bootstrap confidence interval
   (`mtl_ser.stats.cluster_bootstrap`): speakers are resampled with replacement within each
   fold, all their utterances of every seed together, the same draw for both settings.
   predictions.csv files without a ``speaker`` column (older runs) fall back to the utterance
@@ -34,8 +40,16 @@ from pathlib import Path
 
 import numpy as np
 
-from mtl_ser.metrics import weighted_ua, weighted_wa
-from mtl_ser.report_rows import setting_key, setting_text, setting_values, value_text
+from mtl_ser.metrics import weighted_ua, weighted_wa, word_errors
+from mtl_ser.report_rows import (
+    metric_title,
+    metric_value,
+    setting_key,
+    setting_text,
+    setting_values,
+    value_text,
+    varying_keys,
+)
 from mtl_ser.results import PREDICTIONS_FILE
 from mtl_ser.stats import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, FEW_CLUSTERS, cluster_bootstrap
 
@@ -49,8 +63,17 @@ DETAIL_FIELDS = (
 )
 # A pair may differ in alpha and these together (`sweep --alpha0-lr`).
 ALPHA_WITH_RATES = {"alpha", "lr_encoder", "lr_heads"}
-FOLD_METRICS = ("wa", "ua", "macro_f1", "wer")
-POOLED_METRICS = ("wa", "ua", "wer")
+FOLD_METRICS = ("wa", "ua", "macro_f1", "wer")  # the default metrics
+# The metrics that the pooled bootstrap computes from predictions.csv, by the names a metric
+# may be asked for with (`report --paired-metrics`).
+POOLED_AS = {
+    "wa": "wa",
+    "emotion/wa": "wa",
+    "ua": "ua",
+    "emotion/ua": "ua",
+    "wer": "wer",
+    "ctc/wer": "wer",
+}
 NAMES = {"wa": "WA", "ua": "UA", "macro_f1": "macro-F1", "wer": "WER"}
 
 
@@ -62,8 +85,9 @@ class Comparison:
         protocol: the shared protocol.
         first, second: the two settings' values (second - first is reported); first is the
             smaller value of the differing key (alpha 0 before alpha 0.1).
-        differs_in: the key that differs.
+        differs_in: the key that differs (with a baseline: the keys, comma-separated).
         units: the (fold, seed) runs both settings have.
+        metrics: the metrics compared (top-level names or ``<task>/<metric>``).
         per_fold: metric -> {"folds": [...], "first": [...], "second": [...]}: each
             setting's mean over the shared seeds of each fold.
         tests: metric -> dict of statistics over folds (see `paired_tests`).
@@ -77,6 +101,7 @@ class Comparison:
     second: dict
     differs_in: str
     units: list[tuple]
+    metrics: tuple = FOLD_METRICS
     per_fold: dict = field(default_factory=dict)
     tests: dict = field(default_factory=dict)
     pooled: dict = field(default_factory=dict)
@@ -104,8 +129,7 @@ def comparison_text(values: dict, differs_in: str, other: dict) -> str:
         for k in set(values) | set(other)
         if k not in keys and value_text(values.get(k)) != value_text(other.get(k))
     )
-    if differs_in not in keys:
-        keys.append(differs_in)
+    keys += [k for k in differs_in.split(",") if k and k not in keys]
     return setting_text(values, keys)
 
 
@@ -120,14 +144,9 @@ def _differing(a: dict, b: dict) -> set[str]:
     }
 
 
-def find_pairs(runs: list[dict]) -> list[tuple[str, dict, dict, str, list, tuple]]:
-    """Pairs of settings to compare.
-
-    Returns: [(protocol, first setting values, second setting values, differing key,
-    [(fold, seed)], (first, second) `setting_key`)], for settings on the same protocol and
-    label set that differ in exactly one setting key (or alpha with the learning rates) and
-    share at least one (fold, seed).
-    """
+def _settings(runs: list[dict]) -> tuple[dict, dict, dict, list]:
+    """The settings of ``runs``: ({`setting_key`: {(fold, seed): run}}, {key: setting
+    values}, {key: labels}, the keys in a fixed order (recipe, protocol, alpha, values))."""
     by_setting: dict[tuple, dict[tuple, dict]] = {}
     values: dict[tuple, dict] = {}
     labels: dict[tuple, list] = {}
@@ -140,8 +159,20 @@ def find_pairs(runs: list[dict]) -> list[tuple[str, dict, dict, str, list, tuple
     def order(key):
         return (*key[:3], json.dumps(values[key], sort_keys=True, default=str))
 
+    return by_setting, values, labels, sorted(by_setting, key=order)
+
+
+def find_pairs(runs: list[dict]) -> list[tuple[str, dict, dict, str, list, tuple]]:
+    """Pairs of settings to compare.
+
+    Returns: [(protocol, first setting values, second setting values, differing key,
+    [(fold, seed)], (first, second) `setting_key`)], for settings on the same protocol and
+    label set that differ in exactly one setting key (or alpha with the learning rates) and
+    share at least one (fold, seed).
+    """
+    by_setting, values, labels, ordered = _settings(runs)
     pairs = []
-    for ka, kb in itertools.combinations(sorted(by_setting, key=order), 2):
+    for ka, kb in itertools.combinations(ordered, 2):
         if ka[0] != kb[0] or labels[ka] != labels[kb]:
             continue
         differing = _differing(values[ka], values[kb])
@@ -155,6 +186,87 @@ def find_pairs(runs: list[dict]) -> list[tuple[str, dict, dict, str, list, tuple
         if units:
             pairs.append((ka[0], values[ka], values[kb], field_name, units, (ka, kb)))
     return pairs
+
+
+def _same_value(value, text: str) -> bool:
+    """Whether a setting value is the ``key=value`` text of --baseline (numbers by value:
+    ``alpha=0`` is 0.0)."""
+    if value_text(value) == text:
+        return True
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return float(text) == float(value)
+        except ValueError:
+            return False
+    return False
+
+
+def _matches(key: tuple, values: dict, spec: str) -> bool:
+    """Whether a setting is chosen by --baseline ``spec``: ``key=value[,key=value...]``
+    (all must hold; ``protocol`` too), or else a prefix of its setting digest (the
+    ``setting_digest`` column of summary.csv)."""
+    if "=" not in spec:
+        return key[3].startswith(spec.strip())
+    values = {**values, "protocol": key[0]}
+    for part in spec.split(","):
+        name, _, text = part.partition("=")
+        if name.strip() not in values or not _same_value(values[name.strip()], text.strip()):
+            return False
+    return True
+
+
+def _listing(keys: list[tuple], values: dict) -> str:
+    """The settings ``keys`` as ``digest (key=value ...)``, by the keys that tell them apart."""
+    shown = varying_keys([{**values[k], "protocol": k[0]} for k in keys], skip=())
+    return "; ".join(
+        f"{k[3]} ({setting_text({**values[k], 'protocol': k[0]}, shown)})" for k in keys
+    )
+
+
+def baseline_pairs(runs: list[dict], spec: str) -> tuple[list[tuple], list[str]]:
+    """Every setting against the baseline chosen by ``spec`` (``report --baseline``, see
+    `_matches`), within its protocol.
+
+    Returns: (pairs as `find_pairs` gives them, first = the baseline, the differing keys
+    comma-separated; notes on settings left uncompared: another label set, no shared fold and
+    seed, a protocol without a baseline). Raises ValueError (one line) when ``spec`` matches
+    no setting, or two or more of one protocol (listing them).
+    """
+    by_setting, values, labels, ordered = _settings(runs)
+    chosen = [k for k in ordered if _matches(k, values[k], spec)]
+    if not chosen:
+        raise ValueError(
+            f"--baseline {spec!r} matches no setting; give key=value pairs or a setting "
+            f"digest of: {_listing(ordered, values)}"
+        )
+    baseline = {}
+    for key in chosen:
+        if key[0] in baseline:
+            same = [k for k in chosen if k[0] == key[0]]
+            raise ValueError(
+                f"--baseline {spec!r} matches {len(same)} settings of protocol {key[0]}: "
+                f"{_listing(same, values)}; add key=value pairs to choose one"
+            )
+        baseline[key[0]] = key
+    pairs, notes = [], []
+    for protocol in sorted({k[0] for k in ordered} - set(baseline)):
+        count = sum(k[0] == protocol for k in ordered)
+        notes.append(
+            f"protocol {protocol}: no setting matches --baseline {spec!r}; its {count} "
+            "setting(s) are not compared"
+        )
+    for key in ordered:
+        base = baseline.get(key[0])
+        if base is None or key == base:
+            continue
+        units = sorted(set(by_setting[base]) & set(by_setting[key]))
+        if labels[key] != labels[base] or not units:
+            why = "another label set" if labels[key] != labels[base] else "no shared fold/seed"
+            notes.append(f"{key[0]} {_listing([key], values)}: {why} than the baseline")
+            continue
+        differing = ",".join(sorted(_differing(values[base], values[key]))) or "setting"
+        pairs.append((key[0], values[base], values[key], differing, units, (base, key)))
+    return pairs, notes
 
 
 def paired_tests(first: list[float], second: list[float]) -> dict:
@@ -183,18 +295,6 @@ def paired_tests(first: list[float], second: list[float]) -> dict:
 
 
 # ------------------------------------------------------------------------- utterances
-def word_errors(reference: str, hypothesis: str) -> int:
-    """Word-level edit distance (substitutions + deletions + insertions)."""
-    ref, hyp = reference.split(), hypothesis.split()
-    previous = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        current = [i]
-        for j, h in enumerate(hyp, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
-        previous = current
-    return previous[-1]
-
-
 def read_predictions(run: dict) -> dict[str, dict]:
     """``{utt_id: {"true", "predicted", "errors", "words", "speaker"}}`` from a run's
     predictions.csv.
@@ -326,14 +426,16 @@ def bootstrap(
 
 # ------------------------------------------------------------------------------ main
 def per_fold(runs_a: list[dict], runs_b: list[dict], metric: str) -> dict | None:
-    """Each setting's mean of ``metric`` over the seeds of each fold where both report it.
+    """Each setting's mean of ``metric`` (`mtl_ser.report_rows.metric_value`) over the seeds
+    of each fold where both report it.
 
     Returns: {"folds", "first", "second"} lists over folds, or None when no fold has it.
     """
     by_fold: dict[int, list] = {}
     for ra, rb in zip(runs_a, runs_b, strict=True):
-        if ra.get(metric) is not None and rb.get(metric) is not None:
-            by_fold.setdefault(ra["fold"], []).append((float(ra[metric]), float(rb[metric])))
+        a, b = metric_value(ra, metric), metric_value(rb, metric)
+        if a is not None and b is not None:
+            by_fold.setdefault(ra["fold"], []).append((a, b))
     if not by_fold:
         return None
     folds = sorted(by_fold)
@@ -344,67 +446,123 @@ def per_fold(runs_a: list[dict], runs_b: list[dict], metric: str) -> dict | None
     }
 
 
-def compare_settings(runs: list[dict], samples: int = BOOTSTRAP_SAMPLES) -> list[Comparison]:
-    """All paired comparisons among ``runs`` (results dicts with ``path``), see the module
-    docstring."""
+def compare_settings(
+    runs: list[dict],
+    samples: int = BOOTSTRAP_SAMPLES,
+    metrics: tuple[str, ...] = FOLD_METRICS,
+    pairs: list[tuple] | None = None,
+) -> list[Comparison]:
+    """Paired comparisons among ``runs`` (results dicts with ``path``), see the module
+    docstring.
+
+    Args:
+        runs: the runs.
+        samples: bootstrap resamples.
+        metrics: the metrics compared: top-level (``ua``) or ``<task>/<metric>``; those of
+            `POOLED_AS` also pooled with the bootstrap.
+        pairs: the pairs (`find_pairs` or `baseline_pairs`); default `find_pairs`.
+
+    Returns: one `Comparison` per pair.
+    """
     index = {(*setting_key(r), r["fold"], r["seed"]): r for r in runs}
     comparisons = []
-    for protocol, first, second, differs_in, units, (ka, kb) in find_pairs(runs):
+    for protocol, first, second, differs_in, units, (ka, kb) in (
+        find_pairs(runs) if pairs is None else pairs
+    ):
         runs_a = [index[(*ka, *u)] for u in units]
         runs_b = [index[(*kb, *u)] for u in units]
-        comparison = Comparison(protocol, first, second, differs_in, units)
-        for metric in FOLD_METRICS:
+        comparison = Comparison(protocol, first, second, differs_in, units, tuple(metrics))
+        for metric in metrics:
             values = per_fold(runs_a, runs_b, metric)
             if values is None:
                 continue
             comparison.per_fold[metric] = values
             comparison.tests[metric] = paired_tests(values["first"], values["second"])
-        try:
-            arrays = pooled_arrays(runs_a, runs_b, list(runs_a[0]["labels"]))
-        except (FileNotFoundError, ValueError) as err:
-            comparison.notes.append(f"no pooled bootstrap: {err}")
-        else:
-            if arrays["cluster_unit"] != "speaker":
-                comparison.notes.append(
-                    f"{PREDICTIONS_FILE} has no speaker column (a run of an older mtl-ser): "
-                    "the bootstrap resamples utterances (each with its copies in the seeds "
-                    "of its fold), not speakers, so its interval is too narrow"
-                )
-            for metric in POOLED_METRICS:
-                if metric == "wer" and "words" not in arrays:
-                    continue
-                comparison.pooled[metric] = bootstrap(arrays, metric, samples)
-            fewest = min(r["min_clusters"] for r in comparison.pooled.values())
-            if arrays["cluster_unit"] == "speaker" and fewest < FEW_CLUSTERS:
-                comparison.notes.append(
-                    f"only {fewest} speaker(s) in a fold: a cluster bootstrap with K speakers "
-                    "per fold keeps (K - 1) / K of the variance, so the pooled interval is too "
-                    "narrow; the per-fold tests are the safer guide"
-                )
+        if any(m in POOLED_AS for m in metrics):
+            _pool(comparison, runs_a, runs_b, samples)
         comparisons.append(comparison)
     return comparisons
 
 
-def _fmt(value, metric: str, signed: bool = False) -> str:
+def _pool(comparison: Comparison, runs_a: list[dict], runs_b: list[dict], samples: int) -> None:
+    """Adds the pooled bootstrap of the comparison's `POOLED_AS` metrics (or a note why
+    there is none)."""
+    try:
+        arrays = pooled_arrays(runs_a, runs_b, list(runs_a[0]["labels"]))
+    except (FileNotFoundError, ValueError) as err:
+        comparison.notes.append(f"no pooled bootstrap: {err}")
+        return
+    if arrays["cluster_unit"] != "speaker":
+        comparison.notes.append(
+            f"{PREDICTIONS_FILE} has no speaker column (a run of an older mtl-ser): "
+            "the bootstrap resamples utterances (each with its copies in the seeds "
+            "of its fold), not speakers, so its interval is too narrow"
+        )
+    for metric in comparison.metrics:
+        kind = POOLED_AS.get(metric)
+        if kind is None or (kind == "wer" and "words" not in arrays):
+            continue
+        comparison.pooled[metric] = bootstrap(arrays, kind, samples)
+    if not comparison.pooled:
+        return
+    fewest = min(r["min_clusters"] for r in comparison.pooled.values())
+    if arrays["cluster_unit"] == "speaker" and fewest < FEW_CLUSTERS:
+        comparison.notes.append(
+            f"only {fewest} speaker(s) in a fold: a cluster bootstrap with K speakers "
+            "per fold keeps (K - 1) / K of the variance, so the pooled interval is too "
+            "narrow; the per-fold tests are the safer guide"
+        )
+
+
+def format_value(value, metric: str, signed: bool = False) -> str:
+    """WA / UA / macro-F1 in points of %, WER as a fraction (3 decimals), task metrics
+    (``<task>/<metric>``) as fractions (4 decimals)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    if metric == "wer":
-        return f"{value:+.3f}" if signed else f"{value:.3f}"
-    return f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
+    if metric in ("wa", "ua", "macro_f1"):
+        return f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
+    digits = 3 if metric == "wer" else 4
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
 def _p(value) -> str:
     return "–" if value is None else f"{value:.3g}"
 
 
-def markdown(comparisons: list[Comparison]) -> str:
-    """The "Paired comparisons" section of summary.md."""
+def metric_name(metric: str) -> str:
+    """A metric in the tables: ``UA``, ``WER`` for the top-level ones, else with its
+    direction (``dimensions/ccc_mean ↑``)."""
+    return NAMES.get(metric) or metric_title(metric)
+
+
+def markdown(
+    comparisons: list[Comparison],
+    metrics: tuple[str, ...] = FOLD_METRICS,
+    baseline: str | None = None,
+    notes: list[str] = (),
+) -> str:
+    """The "Paired comparisons" section of summary.md.
+
+    Args:
+        comparisons: from `compare_settings`.
+        metrics: the metrics compared (their order in the table).
+        baseline: the --baseline text, or None for pairs that differ in one key.
+        notes: further lines (e.g. `baseline_pairs`'s settings left uncompared).
+    """
+    if baseline is None:
+        which = "Settings that differ in one key, on the runs they share"
+    else:
+        which = (
+            f"Every setting against the baseline `{baseline}` (`--baseline`; first = the "
+            "baseline), on the runs they share"
+        )
     lines = [
         "## Paired comparisons",
         "",
-        "Settings that differ in one key, on the runs they share (same protocol, fold and "
+        f"{which} (same protocol, fold and "
         "seed: the same test utterances). Δ = second − first (WA / UA / macro-F1 in points "
-        "of %, WER as a fraction). **Unit of the tests: the fold.** Each setting's value is "
+        "of %, WER as a fraction; task metrics `<task>/<metric>` as fractions, ↑ higher / ↓ "
+        "lower is better). **Unit of the tests: the fold.** Each setting's value is "
         "first averaged over the seeds both settings have in that fold (the seeds of a fold "
         "test the same speakers, so they are not independent units); then mean ± sample "
         "std over folds of the differences, paired t-test and Wilcoxon signed-rank p "
@@ -414,33 +572,50 @@ def markdown(comparisons: list[Comparison]) -> str:
         "with all their utterances of every seed; the same draw for both settings).",
         "",
     ]
+    fold_only = [m for m in metrics if m not in POOLED_AS]
+    if fold_only:
+        lines += [
+            "Fold-level tests only (no pooled bootstrap: it pools emotion WA / UA and greedy "
+            f"CTC WER from predictions.csv) for: {', '.join(fold_only)}.",
+            "",
+        ]
     if not comparisons:
-        return "\n".join([*lines, "No pair of settings shares a (protocol, fold, seed).", ""])
+        text = "No pair of settings shares a (protocol, fold, seed)."
+        if baseline is not None:
+            text = "No setting shares a (protocol, fold, seed) with the baseline."
+        return "\n".join([*lines, text, *(f"- {n}" for n in notes), ""])
     header = ["protocol", "first", "second", "metric", "folds", "Δ mean ± std", "t-test p"]
     header += ["Wilcoxon p", "pooled first", "pooled second", "pooled Δ [95% CI]"]
     header += ["bootstrap unit"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for c in comparisons:
-        for metric in FOLD_METRICS:
+        for metric in c.metrics:
             test, pooled = c.tests.get(metric), c.pooled.get(metric)
             if test is None and pooled is None:
                 continue
-            cells = [c.protocol, c.first_text, c.second_text, NAMES[metric]]
+            cells = [c.protocol, c.first_text, c.second_text, metric_name(metric)]
             if test is not None:
-                spread = "" if test["std_diff"] is None else f" ± {_fmt(test['std_diff'], metric)}"
-                cells += [str(test["n"]), _fmt(test["mean_diff"], metric, True) + spread]
+                spread = (
+                    ""
+                    if test["std_diff"] is None
+                    else f" ± {format_value(test['std_diff'], metric)}"
+                )
+                cells += [str(test["n"]), format_value(test["mean_diff"], metric, True) + spread]
                 cells += [_p(test["p_t"]), _p(test["p_wilcoxon"])]
             else:
                 cells += ["–"] * 4
             if pooled is not None:
-                cells += [_fmt(pooled["first"], metric), _fmt(pooled["second"], metric)]
-                low, high = (_fmt(pooled[k], metric, True) for k in ("ci_low", "ci_high"))
-                cells.append(f"{_fmt(pooled['diff'], metric, True)} [{low}, {high}]")
+                cells += [
+                    format_value(pooled["first"], metric),
+                    format_value(pooled["second"], metric),
+                ]
+                low, high = (format_value(pooled[k], metric, True) for k in ("ci_low", "ci_high"))
+                cells.append(f"{format_value(pooled['diff'], metric, True)} [{low}, {high}]")
                 cells.append(f"{pooled['clusters']} {pooled['cluster_unit']}s")
             else:
-                cells += ["–"] * 4
+                cells += ["–"] * 3 + ["fold-level only" if metric not in POOLED_AS else "–"]
             lines.append("| " + " | ".join(cells) + " |")
-    notes = [
+    notes = [*(f"- {n}" for n in notes)] + [
         f"- {c.protocol} {c.first_text} vs {c.second_text}: {n}"
         for c in comparisons
         for n in c.notes
@@ -451,7 +626,8 @@ def markdown(comparisons: list[Comparison]) -> str:
 def write_csv(comparisons: list[Comparison], path: str | Path) -> Path:
     """paired.csv: one row per (pair, metric), fractions at full precision, empty cells for
     missing values; ``folds`` is the number of test units (folds), ``unit_list`` the
-    (fold/seed) runs, ``bootstrap_unit`` what the bootstrap resampled."""
+    (fold/seed) runs, ``bootstrap_unit`` what the bootstrap resampled (``fold-level only``
+    for a metric it does not pool)."""
     path = Path(path)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -462,10 +638,13 @@ def write_csv(comparisons: list[Comparison], path: str | Path) -> Path:
             + ["pooled_utterances", "bootstrap_unit", "bootstrap_clusters", "bootstrap_samples"]
         )
         for c in comparisons:
-            for metric in FOLD_METRICS:
+            for metric in c.metrics:
                 test, pooled = c.tests.get(metric) or {}, c.pooled.get(metric) or {}
                 if not test and not pooled:
                     continue
+                unit = pooled.get("cluster_unit", "")
+                if metric not in POOLED_AS:
+                    unit = "fold-level only"
                 writer.writerow(
                     [c.protocol, c.first_text, c.second_text, c.differs_in, metric]
                     + [test.get("n", ""), " ".join(f"{k}/{s}" for k, s in c.units)]
@@ -473,7 +652,7 @@ def write_csv(comparisons: list[Comparison], path: str | Path) -> Path:
                     + [_blank(test.get("p_wilcoxon"))]
                     + [_blank(pooled.get(k)) for k in ("first", "second", "diff", "ci_low")]
                     + [_blank(pooled.get("ci_high")), pooled.get("n", "")]
-                    + [pooled.get(k, "") for k in ("cluster_unit", "clusters", "samples")]
+                    + [unit, pooled.get("clusters", ""), pooled.get("samples", "")]
                 )
     return path
 

@@ -43,17 +43,24 @@ import re
 from pathlib import Path
 
 from mtl_ser import group_report, paired
+from mtl_ser import wer_bins as wer_bins_module
 from mtl_ser.data.protocols import SPEAKER_INDEPENDENT
 from mtl_ser.report_rows import (
     METRIC_NAMES,
     METRICS,
     PERCENT,
+    TOP_LEVEL_TASK_METRICS,
     Row,
     aggregate,
     alpha_text,
     find_results,
+    lower_is_better_metric,
+    metric_title,
+    parse_metrics,
     row_name,
     setting_text,
+    task_metric_names,
+    task_metric_values,
     varying_details,
 )
 
@@ -198,6 +205,78 @@ def summary_markdown(rows: list[Row], folders: list, output_folder: Path, figure
     return "\n".join(lines) + "\n"
 
 
+def _task_cell(stat: tuple, seed_std: float | None, bold: bool) -> str:
+    """A task metric's ``mean ± std (seeds ± s)`` as a fraction (4 decimals), bold when the
+    best of its protocol."""
+    mean, std, _ = stat
+    if mean is None:
+        return "–"
+    text = f"{mean:.4f}" + ("" if std is None else f" ± {std:.4f}")
+    text = f"**{text}**" if bold else text
+    return text + ("" if seed_std is None else f" (seeds ± {seed_std:.4f})")
+
+
+def best_rows(rows: list[Row], metric: str) -> set[int]:
+    """Indices of the rows with the best mean of ``metric`` within their protocol (the
+    largest, or the smallest for a lower-is-better metric; ties all count), for protocols
+    where two or more rows have a value."""
+    best = set()
+    for protocol in {r.protocol for r in rows}:
+        means = {
+            i: r.stat(metric)[0][0]
+            for i, r in enumerate(rows)
+            if r.protocol == protocol and r.stat(metric)[0][0] is not None
+        }
+        if len(means) < 2:
+            continue
+        pick = min if lower_is_better_metric(metric) else max
+        target = pick(means.values())
+        best |= {i for i, mean in means.items() if mean == target}
+    return best
+
+
+def task_markdown(rows: list[Row]) -> str:
+    """The "Metrics per task" section of summary.md: one table per task, a column per metric
+    (`mtl_ser.report_rows.task_metric_names`), a line per row."""
+    lines = [
+        "## Metrics per task",
+        "",
+        "Every metric of every task the runs wrote (`task_metrics` of results.json, read by "
+        "name; a run written before it gives its top-level emotion and CTC metrics). Each "
+        "cell: mean ± sample std (ddof = 1) over folds of the per-fold means, the seeds of a "
+        "fold averaged first, as in the first table; (seeds ± s) the spread between seeds; "
+        "values as fractions. ↑: higher is better, ↓: lower is better "
+        "(`mtl_ser.tasks.base.LOWER_IS_BETTER`); **bold**: the best row of its protocol.",
+        "",
+    ]
+    names = task_metric_names(rows)
+    if not names:
+        return "\n".join([*lines, "No run reports task metrics.", ""])
+    details = varying_details(rows)
+    notes = []
+    for task in dict.fromkeys(m.partition("/")[0] for m in names):
+        metrics = [m for m in names if m.partition("/")[0] == task]
+        shown = [i for i, r in enumerate(rows) if any(m in r.task_stats for m in metrics)]
+        best = {m: best_rows([rows[i] for i in shown], m) for m in metrics}
+        header = ["recipe", "protocol", "alpha"] + (["differs in"] if details else []) + ["n"]
+        header += [metric_title(m).partition("/")[2] for m in metrics]
+        lines += [f"### {task}", ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for k, i in enumerate(shown):
+            row = rows[i]
+            cells = [row.recipe, _protocol_text(row), alpha_text(row.alpha)]
+            cells += [setting_text(row.setting, details)] if details else []
+            cells.append(str(row.n))
+            cells += [_task_cell(*row.stat(m), k in best[m]) for m in metrics]
+            lines.append("| " + " | ".join(cells) + " |")
+            for m in metrics:
+                have = sum(task_metric_values(r).get(m) is not None for r in row.runs)
+                if 0 < have < row.n:
+                    notes.append(f"{row_name(row, details)}: {m} from {have} of {row.n} runs.")
+        lines.append("")
+    return "\n".join([*lines, *(f"- {n}" for n in notes), ""] if notes else lines)
+
+
 def _number(value) -> str:
     return "" if value is None else repr(float(value))
 
@@ -209,6 +288,7 @@ def write_csvs(rows: list[Row], output_folder: Path) -> tuple[Path, Path]:
     paths."""
     summary, per_run = output_folder / "summary.csv", output_folder / "runs.csv"
     details = varying_details(rows)
+    task_names = task_metric_names(rows)
     with written_whole(summary) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
@@ -216,6 +296,7 @@ def write_csvs(rows: list[Row], output_folder: Path) -> tuple[Path, Path]:
             + ["folds_found", "folds_expected", "complete", "seeds", "encoder"]
             + [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "n", "seed_std")]
             + ["pooled_wa", "pooled_ua", "num_utterances", "labels", "setting"]
+            + [f"{m}_{s}" for m in task_names for s in ("mean", "std", "n", "seed_std")]
         )
         for row in rows:
             writer.writerow(
@@ -234,6 +315,12 @@ def write_csvs(rows: list[Row], output_folder: Path) -> tuple[Path, Path]:
                 ]
                 + [repr(row.pooled_wa), repr(row.pooled_ua), int(row.confusion.sum())]
                 + [" ".join(row.labels), json.dumps(row.setting, sort_keys=True)]
+                + [
+                    x
+                    for m in task_names
+                    for (mean, std, n), seed_std in [row.stat(m)]
+                    for x in (_number(mean), _number(std), n, _number(seed_std))
+                ]
             )
     task_columns = run_task_metrics(rows)
     with written_whole(per_run) as tmp, open(tmp, "w", newline="") as f:
@@ -241,7 +328,7 @@ def write_csvs(rows: list[Row], output_folder: Path) -> tuple[Path, Path]:
         writer.writerow(
             ["recipe", "protocol", "alpha", "setting_digest", "fold", "seed", *METRICS]
             + ["num_utterances", "best_epoch", "valid_ua", "encoder", "path"]
-            + [f"{task}/{metric}" for task, metric in task_columns]
+            + task_columns
         )
         for row in rows:
             for run in row.runs:
@@ -251,28 +338,18 @@ def write_csvs(rows: list[Row], output_folder: Path) -> tuple[Path, Path]:
                     + [_number(run.get(m)) for m in METRICS]
                     + [run.get(k) for k in ("num_utterances", "best_epoch", "valid_ua")]
                     + [run.get("encoder"), run["path"]]
-                    + [
-                        _number((run.get("task_metrics") or {}).get(task, {}).get(metric))
-                        for task, metric in task_columns
-                    ]
+                    + [_number(task_metric_values(run).get(m)) for m in task_columns]
                 )
     return summary, per_run
 
 
-def run_task_metrics(rows: list[Row]) -> list[tuple[str, str]]:
-    """The (task, metric) pairs of the runs' other tasks (``task_metrics`` in results.json,
-    e.g. dimensions / ccc_mean, gender / accuracy), in first-seen order: runs.csv gives each
-    a column. The emotion and CTC metrics have their own columns already."""
-    pairs: dict = {}
-    for row in rows:
-        for run in row.runs:
-            for task, metrics in (run.get("task_metrics") or {}).items():
-                if task in ("emotion", "ctc") or not isinstance(metrics, dict):
-                    continue
-                for metric, value in metrics.items():
-                    if metric != "num_utterances" and (value is None or isinstance(value, float)):
-                        pairs[(task, metric)] = None
-    return list(pairs)
+def run_task_metrics(rows: list[Row]) -> list[str]:
+    """The ``<task>/<metric>`` columns of runs.csv: every task metric of the runs
+    (`mtl_ser.report_rows.task_metric_names`, e.g. dimensions/ccc_mean, gender/accuracy,
+    ctc/cer_improvised) but those runs.csv has as top-level columns already (emotion/ua
+    is the column ua)."""
+    top = {f"{t}/{m}" for t, names in TOP_LEVEL_TASK_METRICS.items() for m in names}
+    return [m for m in task_metric_names(rows) if m not in top]
 
 
 # ------------------------------------------------------------------------------------ main
@@ -281,6 +358,11 @@ def write_report(
     output_folder: str | Path | None = None,
     echo=None,
     group_columns=None,
+    baseline: str | None = None,
+    paired_metrics=None,
+    ablation_metrics=None,
+    wer_bins=wer_bins_module.DEFAULT_EDGES,
+    wer_bins_hypothesis: str = wer_bins_module.DEFAULT_HYPOTHESIS,
 ) -> dict:
     """Reads the runs below ``folders`` and writes the report files, each whole.
 
@@ -290,20 +372,42 @@ def write_report(
         echo: if given, called with a short text summary.
         group_columns: columns of the per-group results (`mtl_ser.group_report`; None: those
             the runs recorded).
+        baseline: compare every setting with this one (`mtl_ser.paired.baseline_pairs`:
+            ``key=value[,key=value]`` or a setting digest); None: pairs that differ in one
+            key.
+        paired_metrics: metrics of the paired tests (comma-separated text or a sequence of
+            top-level names or ``<task>/<metric>``); None: WA, UA, macro-F1, WER.
+        ablation_metrics: one panel each in alpha_ablation.png; None: UA / WA and WER.
+        wer_bins: the WER bin edges (`mtl_ser.wer_bins.parse_edges`).
+        wer_bins_hypothesis: the predictions.csv column the WER bins score.
 
     Returns: {"rows": [Row], "files": [Path]}. Raises ValueError / FileNotFoundError as
-    `find_results` and `aggregate` do.
+    `find_results` and `aggregate` do, and ValueError (one line) for an option that names a
+    metric no run reports, a baseline that matches no setting or several of a protocol, or
+    bad bin edges; options are checked before any file is written.
     """
-    from mtl_ser.ablation_plot import plot_alpha_ablation
+    from mtl_ser.ablation_plot import ablation_markdown, plot_alpha_ablation
     from mtl_ser.plots import plot_confusion
 
-    rows = aggregate(find_results(folders))
+    runs = find_results(folders)
+    rows = aggregate(runs)
     details = varying_details(rows)
+    # The options first: a bad one stops the report before it writes anything.
+    fold_metrics = paired.FOLD_METRICS
+    if paired_metrics is not None:
+        fold_metrics = parse_metrics(paired_metrics, runs, "--paired-metrics")
+    pairs, pair_notes = (None, []) if baseline is None else paired.baseline_pairs(runs, baseline)
+    panels = None
+    if ablation_metrics is not None:
+        panels = parse_metrics(ablation_metrics, runs, "--ablation-metrics")
+    edges = wer_bins_module.parse_edges(wer_bins)
+    by_bin = wer_bins_module.report_bins(rows, edges, wer_bins_hypothesis)
+
     output_folder = Path(output_folder or folders[0])
     output_folder.mkdir(parents=True, exist_ok=True)
     ablation = output_folder / "alpha_ablation.png"
     with written_whole(ablation) as tmp:
-        plot_alpha_ablation(rows, tmp)
+        plot_alpha_ablation(rows, tmp, panels)
     figures = [ablation]
     for row in rows:
         title = (
@@ -315,7 +419,7 @@ def write_report(
         with written_whole(figure) as tmp:
             plot_confusion(row.confusion, row.labels, tmp, title)
         figures.append(figure)
-    comparisons = paired.compare_settings([run for row in rows for run in row.runs])
+    comparisons = paired.compare_settings(runs, metrics=fold_metrics, pairs=pairs)
     columns, by_group = group_report.report_groups(rows, group_columns)
     group_files = []
     if group_report.has_groups(by_group):
@@ -324,20 +428,36 @@ def write_report(
             group_report.write_csv(by_group, tmp)
         with written_whole(group_files[1]) as tmp:
             group_report.plot(by_group, columns, details, tmp)
+    bin_files = []
+    if wer_bins_module.has_bins(by_bin):
+        bin_files = [output_folder / "wer_bins.csv", output_folder / "wer_bins.png"]
+        with written_whole(bin_files[0]) as tmp:
+            wer_bins_module.write_csv(by_bin, wer_bins_hypothesis, tmp)
+        with written_whole(bin_files[1]) as tmp:
+            wer_bins_module.plot(by_bin, details, tmp)
+    ablation_names = panels or tuple(
+        m for m in ("ua", "wa", "wer") if any(r.stats[m][0] is not None for r in rows)
+    )
     markdown = output_folder / "summary.md"
     with written_whole(markdown) as tmp:
         tmp.write_text(
             summary_markdown(rows, list(folders), output_folder, figures)
             + "\n"
-            + paired.markdown(comparisons)
+            + task_markdown(rows)
+            + "\n"
+            + ablation_markdown(rows, ablation_names)
+            + "\n"
+            + paired.markdown(comparisons, fold_metrics, baseline, pair_notes)
             + "\n"
             + group_report.markdown(by_group, columns, details)
+            + "\n"
+            + wer_bins_module.markdown(by_bin, edges, wer_bins_hypothesis, details, rows[0].labels)
         )
     files = [markdown, *write_csvs(rows, output_folder)]
     paired_csv = output_folder / "paired.csv"
     with written_whole(paired_csv) as tmp:
         paired.write_csv(comparisons, tmp)
-    files += [paired_csv, *figures, *group_files]
+    files += [paired_csv, *figures, *group_files, *bin_files]
     if echo is not None:
         for row in rows:
             stat = row.stats
@@ -349,18 +469,23 @@ def write_report(
                 f"  UA {_mean_std_cell(stat['ua'], 'ua')}  WER {_mean_std_cell(stat['wer'], 'wer')}"
                 f"  pooled WA {_cell(row.pooled_wa, 'wa')}"
             )
+        shown = ("ua", "wa") if paired_metrics is None else fold_metrics
         for c in comparisons:
-            for metric in ("ua", "wa"):
+            for metric in shown:
                 test, pooled = c.tests.get(metric), c.pooled.get(metric)
                 if test is None:
                     continue
+                fmt = paired.format_value
+                unit = " points" if metric in PERCENT else ""
                 echo(
-                    f"{c.protocol}: {c.second_text} - {c.first_text}: {metric.upper()} "
-                    f"{100 * test['mean_diff']:+.2f} points over {test['n']} fold(s)"
+                    f"{c.protocol}: {c.second_text} - {c.first_text}: "
+                    f"{paired.metric_name(metric)} {fmt(test['mean_diff'], metric, True)}{unit} "
+                    f"over {test['n']} fold(s)"
                     + (f", t-test p {test['p_t']:.3g}" if test["p_t"] is not None else "")
                     + (
-                        f", pooled {100 * pooled['diff']:+.2f} "
-                        f"[{100 * pooled['ci_low']:+.2f}, {100 * pooled['ci_high']:+.2f}]"
+                        f", pooled {fmt(pooled['diff'], metric, True)} "
+                        f"[{fmt(pooled['ci_low'], metric, True)}, "
+                        f"{fmt(pooled['ci_high'], metric, True)}]"
                         if pooled
                         else ""
                     )

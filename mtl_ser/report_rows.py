@@ -23,6 +23,7 @@ import numpy as np
 from mtl_ser.data.protocols import PROTOCOL_FOLDS
 from mtl_ser.results import RESULTS_FILE
 from mtl_ser.settings import REPLICATE_KEYS, group_key
+from mtl_ser.tasks.base import lower_is_better
 
 # The results.json schema the report reads: the first with the "setting" record.
 REPORT_SCHEMA = 2
@@ -38,6 +39,12 @@ METRIC_NAMES = {
 }
 # Shown in their own columns, so never repeated in a row's "setting" text.
 COLUMN_KEYS = ("recipe", "protocol", "alpha")
+# The emotion and CTC metrics results.json also holds at its top level: the task metrics of
+# a run written before ``task_metrics`` existed (the same values, `Brain._end_of_test`).
+TOP_LEVEL_TASK_METRICS = {
+    "emotion": ("wa", "ua", "macro_f1"),
+    "ctc": ("wer", "cer", "wer_improvised"),
+}
 
 
 # ---------------------------------------------------------------------------------- input
@@ -111,6 +118,12 @@ def check_results(data, path: Path) -> dict:
             raise ValueError(f"{path}: key {key!r} is missing; re-run the run")
         if data[key] is not None and not _is_number(data[key]):
             raise _bad(path, key, data[key], "a number or null")
+    task_metrics = data.get("task_metrics")
+    if task_metrics is not None and not isinstance(task_metrics, dict):
+        raise _bad(path, "task_metrics", task_metrics, "an object {task: {metric: value}}")
+    for task, metrics in (task_metrics or {}).items():
+        if not isinstance(metrics, dict):
+            raise _bad(path, f"task_metrics.{task}", metrics, "an object {metric: value}")
     for key in ("folds", "best_epoch"):
         value = data.get(key)
         if value is not None and not (isinstance(value, int) and not isinstance(value, bool)):
@@ -187,6 +200,88 @@ def setting_text(values: dict, keys) -> str:
     return " ".join(f"{k}={value_text(values[k]) if k in values else '(absent)'}" for k in keys)
 
 
+# --------------------------------------------------------------------------- task metrics
+def task_metric_values(run: dict) -> dict[str, float | None]:
+    """A run's task metrics, read generically from results.json's ``task_metrics``
+    ({task: {metric: value}}, whatever tasks and metrics the run had).
+
+    Returns: ``{"<task>/<metric>": value}`` in the file's order: every number or null whose
+    name does not start with ``num_`` (utterance counts); a non-finite number (NaN) is None;
+    other values (lists, text) are no metric to average and are left out. A run without
+    ``task_metrics`` (written before it existed) gives its top-level emotion and CTC metrics
+    (`TOP_LEVEL_TASK_METRICS`, the same values; CTC only when the run has a WER).
+    """
+    recorded = run.get("task_metrics")
+    if recorded is None:
+        recorded = {
+            task: {m: run.get(m) for m in names}
+            for task, names in TOP_LEVEL_TASK_METRICS.items()
+            if task != "ctc" or run.get("wer") is not None
+        }
+    out = {}
+    for task, metrics in recorded.items():
+        for metric, value in metrics.items():
+            numeric = isinstance(value, int | float) and not isinstance(value, bool)
+            if str(metric).startswith("num_") or not (value is None or numeric):
+                continue
+            out[f"{task}/{metric}"] = float(value) if _is_number(value) else None
+    return out
+
+
+def metric_value(run: dict, metric: str) -> float | None:
+    """A run's value of ``metric``: a top-level metric of `METRICS` (``ua``, ``wer``) or a
+    task metric ``<task>/<metric>`` (`task_metric_values`); None when the run has none."""
+    if "/" in metric:
+        return task_metric_values(run).get(metric)
+    value = run.get(metric)
+    return float(value) if _is_number(value) else None
+
+
+def lower_is_better_metric(metric: str) -> bool:
+    """Whether smaller is better for ``metric`` (``ctc/wer``, ``dimensions/mae_arousal``,
+    ``wer``): `mtl_ser.tasks.base.lower_is_better` of its name after the task."""
+    return lower_is_better(metric.rpartition("/")[2])
+
+
+def metric_title(metric: str) -> str:
+    """``metric`` with its direction: ``ctc/wer ↓``, ``dimensions/ccc_mean ↑``."""
+    return f"{metric} {'↓' if lower_is_better_metric(metric) else '↑'}"
+
+
+def available_metrics(runs: list[dict]) -> list[str]:
+    """The metrics ``runs`` report: the top-level `METRICS` some run has a value of, then
+    every ``<task>/<metric>`` of `task_metric_values` (first-seen order)."""
+    found = [m for m in METRICS if any(r.get(m) is not None for r in runs)]
+    for run in runs:
+        found += [m for m in task_metric_values(run) if m not in found]
+    return found
+
+
+def parse_metrics(text, runs: list[dict], option: str) -> tuple[str, ...]:
+    """The metrics of a report option (``--paired-metrics``, ``--ablation-metrics``).
+
+    Args:
+        text: comma-separated names (``emotion/ua,dimensions/ccc_mean``; the top-level
+            ``ua``, ``wa``, ``wer``, ... too) or a sequence of them.
+        runs: the results dicts (what they report is what may be asked for).
+        option: the option's name for messages.
+
+    Returns: the names in the given order. Raises ValueError (one line naming the option,
+    the metric and the metrics found) for a metric that no run reports.
+    """
+    names = [m.strip() for m in text.split(",")] if isinstance(text, str) else list(text)
+    names = [m for m in names if m]
+    found = available_metrics(runs)
+    if not names:
+        raise ValueError(f"{option}: no metric given; metrics found: {', '.join(found)}")
+    for name in names:
+        if name not in found:
+            raise ValueError(
+                f"{option}: no run reports {name!r}; metrics found: {', '.join(found)}"
+            )
+    return tuple(dict.fromkeys(names))
+
+
 # ---------------------------------------------------------------------------- aggregation
 def mean_std(values: list[float]) -> tuple[float | None, float | None, int]:
     """(mean, sample standard deviation with ddof = 1, n); std is None for n < 2 and both are
@@ -236,6 +331,8 @@ class Row:
         labels, encoder: shared by every run.
         folds: folds found; expected: the protocol's fold count (None if unknown).
         missing: seed -> folds of the protocol that this seed lacks (empty when complete).
+        task_stats, task_seed_std: as stats and seed_std, for every ``<task>/<metric>``
+            any run of the row has (`task_metric_values`).
     """
 
     protocol: str
@@ -250,6 +347,15 @@ class Row:
     folds: list[int]
     expected: int | None
     missing: dict = field(default_factory=dict)
+    task_stats: dict = field(default_factory=dict)
+    task_seed_std: dict = field(default_factory=dict)
+
+    def stat(self, metric: str) -> tuple[tuple, float | None]:
+        """((mean, std, n), seed_std) of a top-level metric (``ua``) or a task metric
+        (``dimensions/ccc_mean``); ((None, None, 0), None) when no run of the row has it."""
+        if "/" in metric:
+            return self.task_stats.get(metric, (None, None, 0)), self.task_seed_std.get(metric)
+        return self.stats[metric], self.seed_std[metric]
 
     @property
     def recipe(self) -> str:
@@ -347,6 +453,16 @@ def aggregate(runs: list[dict]) -> list[Row]:
             stats[m], seed_std[m] = fold_stats(
                 [(r["fold"], r[m]) for r in members if r.get(m) is not None]
             )
+        task_stats, task_seed_std = {}, {}
+        per_run = [task_metric_values(r) for r in members]
+        for metric in dict.fromkeys(m for values in per_run for m in values):
+            task_stats[metric], task_seed_std[metric] = fold_stats(
+                [
+                    (r["fold"], values[metric])
+                    for r, values in zip(members, per_run, strict=True)
+                    if values.get(metric) is not None
+                ]
+            )
         expected = expected_folds(members, protocol)
         missing = {}
         for seed in sorted({r["seed"] for r in members}):
@@ -366,10 +482,20 @@ def aggregate(runs: list[dict]) -> list[Row]:
                 folds=sorted({r["fold"] for r in members}),
                 expected=expected,
                 missing=missing,
+                task_stats=task_stats,
+                task_seed_std=task_seed_std,
             )
         )
     rows.sort(key=lambda r: (r.recipe, r.protocol, r.alpha, r.key))
     return rows
+
+
+def task_metric_names(rows: list[Row]) -> list[str]:
+    """Every ``<task>/<metric>`` of the rows, grouped by task (tasks and their metrics in
+    first-seen order)."""
+    names = list(dict.fromkeys(m for row in rows for m in row.task_stats))
+    tasks = list(dict.fromkeys(m.partition("/")[0] for m in names))
+    return sorted(names, key=lambda m: tasks.index(m.partition("/")[0]))
 
 
 def varying_details(rows: list[Row]) -> list[str]:

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from mtl_ser.tasks.attribute import SpeakerAttributeTask
-from mtl_ser.tasks.base import LOWER_IS_BETTER, Task, TaskContext
+from mtl_ser.tasks.base import Task, TaskContext, lower_is_better
 from mtl_ser.tasks.ctc import CTCTask
 from mtl_ser.tasks.dimensions import DimensionsTask
 from mtl_ser.tasks.emotion import EmotionTask
@@ -140,7 +140,7 @@ def parse_metric(selection_metric: str, tasks: list[Task]) -> tuple[Task, str, b
             f"selection_metric {selection_metric!r} must be <task>/<metric> with a task of "
             f"{list(by_name)} (e.g. emotion/ua, dimensions/ccc_mean)"
         )
-    higher = not any(metric.startswith(m) for m in LOWER_IS_BETTER)
+    higher = not lower_is_better(metric)
     return by_name[name], metric, higher
 
 

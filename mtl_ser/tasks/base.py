@@ -28,6 +28,12 @@ import torch
 LOWER_IS_BETTER = ("wer", "cer", "mae", "loss")
 
 
+def lower_is_better(metric: str) -> bool:
+    """Whether a task metric's name (``wer``, ``mae_arousal``, ``cer_beam``; not
+    ``task/metric``) starts with one of `LOWER_IS_BETTER`."""
+    return any(metric.startswith(m) for m in LOWER_IS_BETTER)
+
+
 @dataclass
 class TaskContext:
     """What a task may read when it builds its head: ``hparams`` (the loaded hparams),
