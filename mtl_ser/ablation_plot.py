@@ -84,8 +84,7 @@ def ablation_markdown(rows: list[Row], metrics: tuple[str, ...]) -> str:
             text = f"{scale * mean:.{digits}f}"
             return text if std is None else f"{text} ± {scale * std:.{digits}f}"
 
-        name = METRIC_NAMES[metric] if metric in METRIC_NAMES else metric
-        lines += [f"### {metric_title(name)}", ""]
+        lines += [f"### {metric_title(metric, METRIC_NAMES.get(metric))}", ""]
         header = ["series", *(f"alpha {alpha_text(a)}" for a in alphas), "best"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         pick = min if lower_is_better_metric(metric) else max
@@ -117,8 +116,7 @@ def plot_alpha_ablation(rows: list[Row], path: str | Path, metrics=None) -> Path
 
     from mtl_ser import plots  # noqa: F401  (selects the file-only matplotlib backend)
 
-    label_of = series_labels(rows)
-    series = sorted(set(label_of.values()))
+    series = sorted(set(series_labels(rows).values()))
     has_zero = any(r.alpha == 0 for r in rows)
     positives = sorted({r.alpha for r in rows if r.alpha > 0})
     if metrics is None:
@@ -147,31 +145,31 @@ def plot_alpha_ablation(rows: list[Row], path: str | Path, metrics=None) -> Path
         spread = 0.12 * (series_index - (len(series) - 1) / 2)
         return spread + {"ua": -0.035, "wa": 0.035}.get(metric, 0.0)
 
+    table = ablation_table(rows, tuple(m for _, names in panels for m in names))
     for p, (ylabel, names) in enumerate(panels):
         for index, name in enumerate(series):
             colour = colours[index % len(colours)]
-            mine = [r for r in rows if label_of[id(r)] == name]
             for metric in names:
                 scale = 100 if metric in PERCENT else 1
                 marker, line, face = styles.get(metric, ("o", "-", None))
                 shift = offset(index, metric)
                 for c, column in enumerate(columns):
                     points = [
-                        (r.alpha, r.stat(metric)[0], r)
-                        for r in mine
-                        if (r.alpha == 0) == (column == "zero") and r.stat(metric)[0][0] is not None
+                        point
+                        for point in table[metric].get(name, [])
+                        if (point[0] == 0) == (column == "zero")
                     ]
                     if not points:
                         continue
                     if column == "zero":
                         xs = [1.0 + shift]
                     else:  # the same nudge as a fraction of a decade
-                        xs = [alpha * 10 ** (0.5 * shift) for alpha, _, _ in points]
-                    ys = [stat[0] * scale for _, stat, _ in points]
+                        xs = [point[0] * 10 ** (0.5 * shift) for point in points]
+                    ys = [point[1] * scale for point in points]
                     axes[p][c].errorbar(
                         xs,
                         ys,
-                        yerr=[(stat[1] or 0.0) * scale for _, stat, _ in points],
+                        yerr=[(point[2] or 0.0) * scale for point in points],
                         marker=marker,
                         markerfacecolor=face or colour,
                         linestyle=line if column == "log" else "none",
@@ -180,7 +178,7 @@ def plot_alpha_ablation(rows: list[Row], path: str | Path, metrics=None) -> Path
                         markersize=5,
                         label=f"{name} {METRIC_NAMES.get(metric, metric).split()[0]}",
                     )
-                    for x, y, (_, _, row) in zip(xs, ys, points, strict=True):
+                    for x, y, (*_, row) in zip(xs, ys, points, strict=True):
                         if metric != "wa" and not row.complete:  # flagged on the figure too
                             axes[p][c].annotate(
                                 f"{len(row.folds)}/{row.expected or '?'}",

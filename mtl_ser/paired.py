@@ -227,7 +227,7 @@ def baseline_pairs(runs: list[dict], spec: str) -> tuple[list[tuple], list[str]]
     """Every setting against the baseline chosen by ``spec`` (``report --baseline``, see
     `_matches`), within its protocol.
 
-    Returns: (pairs as `find_pairs` gives them, first = the baseline, the differing keys
+    Returns: (pairs as `find_pairs` gives them, first = the baseline, every key that differs
     comma-separated; notes on settings left uncompared: another label set, no shared fold and
     seed, a protocol without a baseline). Raises ValueError (one line) when ``spec`` matches
     no setting, or two or more of one protocol (listing them).
@@ -264,7 +264,14 @@ def baseline_pairs(runs: list[dict], spec: str) -> tuple[list[tuple], list[str]]
             why = "another label set" if labels[key] != labels[base] else "no shared fold/seed"
             notes.append(f"{key[0]} {_listing([key], values)}: {why} than the baseline")
             continue
-        differing = ",".join(sorted(_differing(values[base], values[key]))) or "setting"
+        # Every key whose value differs, one side lacking it included (unlike `_differing`,
+        # which decides what counts as a one-key pair).
+        differing = {
+            k
+            for k in set(values[base]) | set(values[key])
+            if value_text(values[base].get(k)) != value_text(values[key].get(k))
+        }
+        differing = ",".join(sorted(differing)) or "setting"
         pairs.append((key[0], values[base], values[key], differing, units, (base, key)))
     return pairs, notes
 

@@ -219,7 +219,7 @@ def _task_cell(stat: tuple, seed_std: float | None, bold: bool) -> str:
 def best_rows(rows: list[Row], metric: str) -> set[int]:
     """Indices of the rows with the best mean of ``metric`` within their protocol (the
     largest, or the smallest for a lower-is-better metric; ties all count), for protocols
-    where two or more rows have a value."""
+    where the rows' values are not all the same."""
     best = set()
     for protocol in {r.protocol for r in rows}:
         means = {
@@ -227,7 +227,7 @@ def best_rows(rows: list[Row], metric: str) -> set[int]:
             for i, r in enumerate(rows)
             if r.protocol == protocol and r.stat(metric)[0][0] is not None
         }
-        if len(means) < 2:
+        if len(set(means.values())) < 2:  # one row, or all equal: none stands out
             continue
         pick = min if lower_is_better_metric(metric) else max
         target = pick(means.values())

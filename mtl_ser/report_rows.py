@@ -243,9 +243,10 @@ def lower_is_better_metric(metric: str) -> bool:
     return lower_is_better(metric.rpartition("/")[2])
 
 
-def metric_title(metric: str) -> str:
-    """``metric`` with its direction: ``ctc/wer ↓``, ``dimensions/ccc_mean ↑``."""
-    return f"{metric} {'↓' if lower_is_better_metric(metric) else '↑'}"
+def metric_title(metric: str, name: str | None = None) -> str:
+    """``metric`` (or its display ``name``) with its direction: ``ctc/wer ↓``,
+    ``dimensions/ccc_mean ↑``, ``WER ↓``."""
+    return f"{name or metric} {'↓' if lower_is_better_metric(metric) else '↑'}"
 
 
 def available_metrics(runs: list[dict]) -> list[str]:

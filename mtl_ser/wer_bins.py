@@ -120,8 +120,8 @@ def row_bins(row: Row, edges: tuple[float, ...], column: str = DEFAULT_HYPOTHESI
         if not path.is_file():
             no_file += 1
             continue
-        if column == DEFAULT_HYPOTHESIS and run.get("wer") is None:
-            no_ctc += 1  # the column is there but empty: no CTC head
+        if run.get("wer") is None:
+            no_ctc += 1  # no CTC head: a hypothesis column would be empty, not wrong
             continue
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
