@@ -48,7 +48,6 @@ from mtl_ser.report_rows import (
     setting_text,
     setting_values,
     value_text,
-    varying_keys,
 )
 from mtl_ser.results import PREDICTIONS_FILE
 from mtl_ser.stats import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, FEW_CLUSTERS, cluster_bootstrap
@@ -144,7 +143,7 @@ def _differing(a: dict, b: dict) -> set[str]:
     }
 
 
-def _settings(runs: list[dict]) -> tuple[dict, dict, dict, list]:
+def settings_by_key(runs: list[dict]) -> tuple[dict, dict, dict, list]:
     """The settings of ``runs``: ({`setting_key`: {(fold, seed): run}}, {key: setting
     values}, {key: labels}, the keys in a fixed order (recipe, protocol, alpha, values))."""
     by_setting: dict[tuple, dict[tuple, dict]] = {}
@@ -170,7 +169,7 @@ def find_pairs(runs: list[dict]) -> list[tuple[str, dict, dict, str, list, tuple
     label set that differ in exactly one setting key (or alpha with the learning rates) and
     share at least one (fold, seed).
     """
-    by_setting, values, labels, ordered = _settings(runs)
+    by_setting, values, labels, ordered = settings_by_key(runs)
     pairs = []
     for ka, kb in itertools.combinations(ordered, 2):
         if ka[0] != kb[0] or labels[ka] != labels[kb]:
@@ -186,94 +185,6 @@ def find_pairs(runs: list[dict]) -> list[tuple[str, dict, dict, str, list, tuple
         if units:
             pairs.append((ka[0], values[ka], values[kb], field_name, units, (ka, kb)))
     return pairs
-
-
-def _same_value(value, text: str) -> bool:
-    """Whether a setting value is the ``key=value`` text of --baseline (numbers by value:
-    ``alpha=0`` is 0.0)."""
-    if value_text(value) == text:
-        return True
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            return float(text) == float(value)
-        except ValueError:
-            return False
-    return False
-
-
-def _matches(key: tuple, values: dict, spec: str) -> bool:
-    """Whether a setting is chosen by --baseline ``spec``: ``key=value[,key=value...]``
-    (all must hold; ``protocol`` too), or else a prefix of its setting digest (the
-    ``setting_digest`` column of summary.csv)."""
-    if "=" not in spec:
-        return key[3].startswith(spec.strip())
-    values = {**values, "protocol": key[0]}
-    for part in spec.split(","):
-        name, _, text = part.partition("=")
-        if name.strip() not in values or not _same_value(values[name.strip()], text.strip()):
-            return False
-    return True
-
-
-def _listing(keys: list[tuple], values: dict) -> str:
-    """The settings ``keys`` as ``digest (key=value ...)``, by the keys that tell them apart."""
-    shown = varying_keys([{**values[k], "protocol": k[0]} for k in keys], skip=())
-    return "; ".join(
-        f"{k[3]} ({setting_text({**values[k], 'protocol': k[0]}, shown)})" for k in keys
-    )
-
-
-def baseline_pairs(runs: list[dict], spec: str) -> tuple[list[tuple], list[str]]:
-    """Every setting against the baseline chosen by ``spec`` (``report --baseline``, see
-    `_matches`), within its protocol.
-
-    Returns: (pairs as `find_pairs` gives them, first = the baseline, every key that differs
-    comma-separated; notes on settings left uncompared: another label set, no shared fold and
-    seed, a protocol without a baseline). Raises ValueError (one line) when ``spec`` matches
-    no setting, or two or more of one protocol (listing them).
-    """
-    by_setting, values, labels, ordered = _settings(runs)
-    chosen = [k for k in ordered if _matches(k, values[k], spec)]
-    if not chosen:
-        raise ValueError(
-            f"--baseline {spec!r} matches no setting; give key=value pairs or a setting "
-            f"digest of: {_listing(ordered, values)}"
-        )
-    baseline = {}
-    for key in chosen:
-        if key[0] in baseline:
-            same = [k for k in chosen if k[0] == key[0]]
-            raise ValueError(
-                f"--baseline {spec!r} matches {len(same)} settings of protocol {key[0]}: "
-                f"{_listing(same, values)}; add key=value pairs to choose one"
-            )
-        baseline[key[0]] = key
-    pairs, notes = [], []
-    for protocol in sorted({k[0] for k in ordered} - set(baseline)):
-        count = sum(k[0] == protocol for k in ordered)
-        notes.append(
-            f"protocol {protocol}: no setting matches --baseline {spec!r}; its {count} "
-            "setting(s) are not compared"
-        )
-    for key in ordered:
-        base = baseline.get(key[0])
-        if base is None or key == base:
-            continue
-        units = sorted(set(by_setting[base]) & set(by_setting[key]))
-        if labels[key] != labels[base] or not units:
-            why = "another label set" if labels[key] != labels[base] else "no shared fold/seed"
-            notes.append(f"{key[0]} {_listing([key], values)}: {why} than the baseline")
-            continue
-        # Every key whose value differs, one side lacking it included (unlike `_differing`,
-        # which decides what counts as a one-key pair).
-        differing = {
-            k
-            for k in set(values[base]) | set(values[key])
-            if value_text(values[base].get(k)) != value_text(values[key].get(k))
-        }
-        differing = ",".join(sorted(differing)) or "setting"
-        pairs.append((key[0], values[base], values[key], differing, units, (base, key)))
-    return pairs, notes
 
 
 def paired_tests(first: list[float], second: list[float]) -> dict:
@@ -467,7 +378,8 @@ def compare_settings(
         samples: bootstrap resamples.
         metrics: the metrics compared: top-level (``ua``) or ``<task>/<metric>``; those of
             `POOLED_AS` also pooled with the bootstrap.
-        pairs: the pairs (`find_pairs` or `baseline_pairs`); default `find_pairs`.
+        pairs: the pairs (`find_pairs` or `mtl_ser.baseline.baseline_pairs`); default
+            `find_pairs`.
 
     Returns: one `Comparison` per pair.
     """
@@ -554,7 +466,8 @@ def markdown(
         comparisons: from `compare_settings`.
         metrics: the metrics compared (their order in the table).
         baseline: the --baseline text, or None for pairs that differ in one key.
-        notes: further lines (e.g. `baseline_pairs`'s settings left uncompared).
+        notes: further lines (e.g. `mtl_ser.baseline.baseline_pairs`'s settings left
+            uncompared).
     """
     if baseline is None:
         which = "Settings that differ in one key, on the runs they share"

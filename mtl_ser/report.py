@@ -1,6 +1,8 @@
 """Finished runs -> the tables and figures of a paper.
 
-    mtl-ser report O [O2 ...] [--output-folder R]
+    mtl-ser report O [O2 ...] [--output-folder R] [--baseline alpha=0]
+        [--paired-metrics emotion/ua,...] [--ablation-metrics emotion/ua,ctc/wer,...]
+        [--wer-bins 0.25,0.5] [--wer-bins-hypothesis hypothesis]
 
 Reads every ``results.json`` below the given folders (any recipe; schema 2, which records the
 run's full setting, see `mtl_ser.report_rows`) and writes to R (default O):
@@ -14,17 +16,27 @@ run's full setting, see `mtl_ser.report_rows`) and writes to R (default O):
 - ``summary.csv`` (one row per setting) and ``runs.csv`` (one per run, with a column per
   metric of the runs' other tasks, ``<task>/<metric>``), with metrics as fractions at full
   precision.
-- ``alpha_ablation.png``: UA and WA (top) and WER (bottom) against alpha, error bars = sample
-  std over folds; alpha = 0 sits on its own short axis labelled "0", left of the log axis.
+- a "Metrics per task" section of summary.md and ``<task>/<metric>_{mean,std,n,seed_std}``
+  columns of summary.csv: every metric of every task the runs wrote (``task_metrics`` of
+  results.json, read by name), averaged as the first table's metrics, with its direction.
+- ``alpha_ablation.png``: UA and WA (top) and WER (bottom) against alpha, or one panel per
+  metric of ``--ablation-metrics``, error bars = sample std over folds; alpha = 0 sits on its
+  own short axis labelled "0", left of the log axis; its numbers in an "Alpha ablation"
+  section of summary.md (`mtl_ser.ablation_plot`).
 - ``confusion_<recipe>_<protocol>_alpha<alpha>[_<differences>].png``: the summed confusion
   matrix per row.
 - ``paired.csv`` and a "Paired comparisons" section of summary.md: settings that differ in
-  one key compared on the folds they share, with paired tests over folds and speaker-cluster
+  one key (or every setting against ``--baseline``) compared on the folds they share on the
+  metrics of ``--paired-metrics``, with paired tests over folds and speaker-cluster
   bootstrap confidence intervals (`mtl_ser.paired`).
 - ``groups.csv``, ``groups_ua.png`` and a "Per-group results" section of summary.md: UA / WA
   per speaker, gender, ... (``--group-columns``) pooled over each row's runs, with
   speaker-bootstrap intervals and the number of speakers each rests on
   (`mtl_ser.group_report`; the files only where some run's predictions.csv gives groups).
+- ``wer_bins.csv``, ``wer_bins.png`` and an "Emotion accuracy by recognition quality" section
+  of summary.md: emotion UA / WA of the test utterances binned by their own WER
+  (``--wer-bins``, ``--wer-bins-hypothesis``; `mtl_ser.wer_bins`; the files only where some
+  run has CTC hypotheses).
 
 Every file is written whole: to a temporary sibling, then renamed into place.
 
@@ -44,6 +56,7 @@ from pathlib import Path
 
 from mtl_ser import group_report, paired
 from mtl_ser import wer_bins as wer_bins_module
+from mtl_ser.baseline import baseline_pairs
 from mtl_ser.data.protocols import SPEAKER_INDEPENDENT
 from mtl_ser.report_rows import (
     METRIC_NAMES,
@@ -54,8 +67,6 @@ from mtl_ser.report_rows import (
     aggregate,
     alpha_text,
     find_results,
-    lower_is_better_metric,
-    metric_title,
     parse_metrics,
     row_name,
     setting_text,
@@ -63,6 +74,7 @@ from mtl_ser.report_rows import (
     task_metric_values,
     varying_details,
 )
+from mtl_ser.task_report import task_markdown
 
 
 @contextlib.contextmanager
@@ -205,78 +217,6 @@ def summary_markdown(rows: list[Row], folders: list, output_folder: Path, figure
     return "\n".join(lines) + "\n"
 
 
-def _task_cell(stat: tuple, seed_std: float | None, bold: bool) -> str:
-    """A task metric's ``mean ± std (seeds ± s)`` as a fraction (4 decimals), bold when the
-    best of its protocol."""
-    mean, std, _ = stat
-    if mean is None:
-        return "–"
-    text = f"{mean:.4f}" + ("" if std is None else f" ± {std:.4f}")
-    text = f"**{text}**" if bold else text
-    return text + ("" if seed_std is None else f" (seeds ± {seed_std:.4f})")
-
-
-def best_rows(rows: list[Row], metric: str) -> set[int]:
-    """Indices of the rows with the best mean of ``metric`` within their protocol (the
-    largest, or the smallest for a lower-is-better metric; ties all count), for protocols
-    where the rows' values are not all the same."""
-    best = set()
-    for protocol in {r.protocol for r in rows}:
-        means = {
-            i: r.stat(metric)[0][0]
-            for i, r in enumerate(rows)
-            if r.protocol == protocol and r.stat(metric)[0][0] is not None
-        }
-        if len(set(means.values())) < 2:  # one row, or all equal: none stands out
-            continue
-        pick = min if lower_is_better_metric(metric) else max
-        target = pick(means.values())
-        best |= {i for i, mean in means.items() if mean == target}
-    return best
-
-
-def task_markdown(rows: list[Row]) -> str:
-    """The "Metrics per task" section of summary.md: one table per task, a column per metric
-    (`mtl_ser.report_rows.task_metric_names`), a line per row."""
-    lines = [
-        "## Metrics per task",
-        "",
-        "Every metric of every task the runs wrote (`task_metrics` of results.json, read by "
-        "name; a run written before it gives its top-level emotion and CTC metrics). Each "
-        "cell: mean ± sample std (ddof = 1) over folds of the per-fold means, the seeds of a "
-        "fold averaged first, as in the first table; (seeds ± s) the spread between seeds; "
-        "values as fractions. ↑: higher is better, ↓: lower is better "
-        "(`mtl_ser.tasks.base.LOWER_IS_BETTER`); **bold**: the best row of its protocol.",
-        "",
-    ]
-    names = task_metric_names(rows)
-    if not names:
-        return "\n".join([*lines, "No run reports task metrics.", ""])
-    details = varying_details(rows)
-    notes = []
-    for task in dict.fromkeys(m.partition("/")[0] for m in names):
-        metrics = [m for m in names if m.partition("/")[0] == task]
-        shown = [i for i, r in enumerate(rows) if any(m in r.task_stats for m in metrics)]
-        best = {m: best_rows([rows[i] for i in shown], m) for m in metrics}
-        header = ["recipe", "protocol", "alpha"] + (["differs in"] if details else []) + ["n"]
-        header += [metric_title(m).partition("/")[2] for m in metrics]
-        lines += [f"### {task}", ""]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for k, i in enumerate(shown):
-            row = rows[i]
-            cells = [row.recipe, _protocol_text(row), alpha_text(row.alpha)]
-            cells += [setting_text(row.setting, details)] if details else []
-            cells.append(str(row.n))
-            cells += [_task_cell(*row.stat(m), k in best[m]) for m in metrics]
-            lines.append("| " + " | ".join(cells) + " |")
-            for m in metrics:
-                have = sum(task_metric_values(r).get(m) is not None for r in row.runs)
-                if 0 < have < row.n:
-                    notes.append(f"{row_name(row, details)}: {m} from {have} of {row.n} runs.")
-        lines.append("")
-    return "\n".join([*lines, *(f"- {n}" for n in notes), ""] if notes else lines)
-
-
 def _number(value) -> str:
     return "" if value is None else repr(float(value))
 
@@ -372,7 +312,7 @@ def write_report(
         echo: if given, called with a short text summary.
         group_columns: columns of the per-group results (`mtl_ser.group_report`; None: those
             the runs recorded).
-        baseline: compare every setting with this one (`mtl_ser.paired.baseline_pairs`:
+        baseline: compare every setting with this one (`mtl_ser.baseline.baseline_pairs`:
             ``key=value[,key=value]`` or a setting digest); None: pairs that differ in one
             key.
         paired_metrics: metrics of the paired tests (comma-separated text or a sequence of
@@ -396,7 +336,7 @@ def write_report(
     fold_metrics = paired.FOLD_METRICS
     if paired_metrics is not None:
         fold_metrics = parse_metrics(paired_metrics, runs, "--paired-metrics")
-    pairs, pair_notes = (None, []) if baseline is None else paired.baseline_pairs(runs, baseline)
+    pairs, pair_notes = (None, []) if baseline is None else baseline_pairs(runs, baseline)
     panels = None
     if ablation_metrics is not None:
         panels = parse_metrics(ablation_metrics, runs, "--ablation-metrics")
@@ -443,7 +383,7 @@ def write_report(
         tmp.write_text(
             summary_markdown(rows, list(folders), output_folder, figures)
             + "\n"
-            + task_markdown(rows)
+            + task_markdown(rows, _protocol_text)
             + "\n"
             + ablation_markdown(rows, ablation_names)
             + "\n"
