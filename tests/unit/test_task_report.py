@@ -338,3 +338,18 @@ def test_emotion_accuracy_by_wer_bins(tmp_path, capsys):
     assert main([*argv, "--wer-bins-hypothesis", "hypothesis_lm"]) == 2
     err = capsys.readouterr().err
     assert "--wer-bins-hypothesis 'hypothesis_lm': no predictions.csv has this column" in err
+
+
+@pytest.mark.parametrize(
+    ("task_metrics", "key"),
+    [([0.5], "key 'task_metrics' is [0.5]"), ({"dimensions": 0.4}, "'task_metrics.dimensions'")],
+    ids=["list", "task"],
+)
+def test_malformed_task_metrics_are_one_line_naming_file_and_key(
+    tmp_path, capsys, task_metrics, key
+):
+    folder = write_run(tmp_path, 1, task_metrics=task_metrics)
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert str(folder / "results.json") in err and key in err
