@@ -12,6 +12,7 @@ import math
 import pytest
 
 from mtl_ser.ablation_plot import ablation_markdown, ablation_table
+from mtl_ser.baseline import baseline_pairs
 from mtl_ser.cli import main
 from mtl_ser.paired import find_pairs
 from mtl_ser.report import write_report
@@ -200,6 +201,15 @@ def test_paired_tests_against_a_baseline_on_task_metrics(tmp_path, capsys):
     assert "Fold-level tests only (no pooled bootstrap" in markdown
     assert "| dimensions/ccc_mean ↑ | 2 | +0.3000 ± 0.1414 |" in markdown
 
+    # The baseline by a prefix of its setting digest (summary.csv's setting_digest).
+    found = find_results([runs])
+    digest = next(r.key for r in aggregate(found) if r.alpha == 0)
+    pairs, notes = baseline_pairs(found, digest[:6])
+    assert [(p[1]["alpha"], p[2].get("task_weighting")) for p in pairs] == [
+        (0.0, "fixed"),
+        (0.0, "uncertainty"),
+    ]
+    assert notes == []
     # A baseline that matches no setting, or two of one protocol: one line, nothing written.
     nothing = tmp_path / "x"
     for spec, expected in (
