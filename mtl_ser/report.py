@@ -391,7 +391,7 @@ def write_report(
             + "\n"
             + group_report.markdown(by_group, columns, details)
             + "\n"
-            + wer_bins_module.markdown(by_bin, edges, wer_bins_hypothesis, details, rows[0].labels)
+            + wer_bins_module.markdown(by_bin, edges, wer_bins_hypothesis, details)
         )
     files = [markdown, *write_csvs(rows, output_folder)]
     paired_csv = output_folder / "paired.csv"

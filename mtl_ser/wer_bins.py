@@ -190,9 +190,7 @@ def _pct(value) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
 
 
-def markdown(
-    results: list[RowBins], edges, column: str, details: list[str], labels: list[str]
-) -> str:
+def markdown(results: list[RowBins], edges, column: str, details: list[str]) -> str:
     """The "Emotion accuracy by recognition quality" section of summary.md: a table per row
     (bin, utterances, classes present, UA, WA, mean WER) and notes."""
     edges = parse_edges(edges)
@@ -204,7 +202,8 @@ def markdown(
         f"{', '.join(bin_names(edges))}; `--wer-bins`, `--wer-bins-hypothesis`), over all "
         "runs of a row (every fold and seed). Utterances without a reference transcript are "
         f"counted apart (`{NO_TRANSCRIPT}`), in no bin. **UA of a bin is the mean recall over "
-        f"the classes present in it** (`classes`, of {len(labels)}): a small bin may lack "
+        "the classes present in it** (`classes`: present / of the label set): a small bin "
+        "may lack "
         "some. Also in `wer_bins.csv` and `wer_bins.png`.",
         "",
     ]
@@ -218,7 +217,7 @@ def markdown(
             lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             for b in result.bins:
                 wer = "–" if b["mean_wer"] is None else f"{b['mean_wer']:.3f}"
-                cells = [b["bin"], str(b["utterances"]), f"{b['classes']}/{len(labels)}"]
+                cells = [b["bin"], str(b["utterances"]), f"{b['classes']}/{len(result.row.labels)}"]
                 cells += [_pct(b["ua"]), _pct(b["wa"]), wer]
                 lines.append("| " + " | ".join(cells) + " |")
         else:
