@@ -37,6 +37,10 @@ METRIC_NAMES = {
     "cer": "CER",
     "wer_improvised": "WER impro.",
 }
+# Setting keys that differ between the folds of one experiment by construction: each fold's
+# split has manifests of its own (`mtl_ser.settings.data_values`). Rows are grouped without
+# them, and `aggregate` checks that the runs of one fold agree on them (the same data).
+FOLD_KEYS = ("manifests_digest",)
 # Shown in their own columns, so never repeated in a row's "setting" text.
 COLUMN_KEYS = ("recipe", "protocol", "alpha")
 # The emotion and CTC metrics results.json also holds at its top level: the task metrics of
@@ -166,16 +170,18 @@ def find_results(folders: list[str | Path]) -> list[dict]:
 
 # --------------------------------------------------------------------------------- settings
 def setting_values(run: dict) -> dict:
-    """A run's setting: its ``setting.values`` without fold and seed (recipe and alpha taken
-    from the run's identity where the values lack them)."""
+    """A run's setting: its ``setting.values`` without fold, seed and `FOLD_KEYS` (recipe and
+    alpha taken from the run's identity where the values lack them)."""
     values = {"recipe": run["recipe"], "alpha": run["alpha"], **run["setting"]["values"]}
-    return {k: v for k, v in values.items() if k not in REPLICATE_KEYS}
+    return {k: v for k, v in values.items() if k not in REPLICATE_KEYS + FOLD_KEYS}
 
 
 def setting_key(run: dict) -> tuple[str, str, float, str]:
-    """(protocol, recipe, alpha, `mtl_ser.settings.group_key` of the setting values): equal
-    for the folds and seeds of one experiment, and only for them."""
-    digest = group_key(run["setting"]["values"])
+    """(protocol, recipe, alpha, `mtl_ser.settings.group_key` of the setting values without
+    `FOLD_KEYS`): equal for the folds and seeds of one experiment, and only for them (the
+    per-fold data is checked by `aggregate`)."""
+    values = run["setting"]["values"]
+    digest = group_key({k: v for k, v in values.items() if k not in FOLD_KEYS})
     return run["protocol"], run["recipe"], float(run["alpha"]), digest
 
 
@@ -424,8 +430,9 @@ def aggregate(runs: list[dict]) -> list[Row]:
     group.
 
     Returns: rows sorted by recipe, protocol, alpha. Raises ValueError when a group mixes
-    label sets (their confusion matrices and recalls do not add up) or holds the same
-    (fold, seed) twice (a fold would count double).
+    label sets (their confusion matrices and recalls do not add up), holds the same
+    (fold, seed) twice (a fold would count double) or runs of one fold on other data
+    (`_check_fold_data`).
     """
     groups = defaultdict(list)
     for run in runs:
@@ -449,6 +456,7 @@ def aggregate(runs: list[dict]) -> list[Row]:
                     f"{run['path']}"
                 )
             seen[ident] = run["path"]
+        _check_fold_data(name, members)
         stats, seed_std = {}, {}
         for m in METRICS:
             stats[m], seed_std[m] = fold_stats(
@@ -497,6 +505,23 @@ def task_metric_names(rows: list[Row]) -> list[str]:
     names = list(dict.fromkeys(m for row in rows for m in row.task_stats))
     tasks = list(dict.fromkeys(m.partition("/")[0] for m in names))
     return sorted(names, key=lambda m: tasks.index(m.partition("/")[0]))
+
+
+def _check_fold_data(name: str, members: list[dict]) -> None:
+    """Raises ValueError (one line) when two runs of one fold of a row differ in a
+    `FOLD_KEYS` value: they were tested on other data (another corpus or preparation), so
+    their folds are no replicates of one experiment."""
+    for key in FOLD_KEYS:
+        seen: dict = {}
+        for run in members:
+            value = json.dumps(run["setting"]["values"].get(key))
+            first = seen.setdefault((run["fold"], key), (value, run["path"]))
+            if first[0] != value:
+                raise ValueError(
+                    f"{name}: fold {run['fold']} runs differ in {key} ({first[0]} in "
+                    f"{first[1]}, {value} in {run['path']}): other data, refusing to average; "
+                    "report the two corpora or preparations separately"
+                )
 
 
 def varying_details(rows: list[Row]) -> list[str]:

@@ -363,3 +363,24 @@ def test_malformed_task_metrics_are_one_line_naming_file_and_key(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert str(folder / "results.json") in err and key in err
+
+
+def test_the_folds_of_a_sweep_are_one_row_though_their_manifests_differ(tmp_path, capsys):
+    """Each fold's split has manifests of its own, so manifests_digest differs between the
+    folds of one sweep: grouping by it gave one row per fold (no mean over folds at all).
+    Runs of one fold that differ in it were tested on other data and are refused."""
+    runs = tmp_path / "runs"
+    for alpha in (0.01, 0.1):
+        for fold in (1, 2):
+            write_run(runs, fold, alpha=alpha, manifests_digest=f"data-of-fold{fold}")
+    rows = aggregate(find_results([runs]))
+    assert [(r.alpha, r.n, r.folds) for r in rows] == [(0.01, 2, [1, 2]), (0.1, 2, [1, 2])]
+    assert "manifests_digest" not in rows[0].setting
+    pairs = find_pairs(find_results([runs]))
+    assert [(p[3], p[4]) for p in pairs] == [("alpha", [(1, 1), (2, 1)])]
+
+    write_run(runs, 1, alpha=0.1, seed=2, manifests_digest="another-corpus")
+    assert main(["report", str(runs)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "fold 1 runs differ in manifests_digest" in err and "refusing to average" in err
