@@ -17,8 +17,10 @@ compared with it instead, however many keys they differ in. For each pair and me
   signed-rank test (two-sided; with n folds the smallest Wilcoxon p is 2 / 2^n, e.g. 0.0625
   for 5 folds);
 - pooled over the shared runs' utterances (from predictions.csv): WA, UA and WER of each
-  setting (emotion WA / UA and greedy CTC WER, whichever of them the metrics ask for; the
-  other metrics are compared over folds only, which the outputs say) and the difference,
+  setting (emotion WA / UA, greedy CTC WER and the accuracy / UA of a classification task
+  whose predictions.csv has ``<task>_true`` / ``<task>_predicted`` columns, whichever of them
+  the metrics ask for; the other metrics, e.g. CCC, are compared over folds only, which the
+  outputs say) and the difference,
   with a 95% paired cluster-bootstrap confidence interval
   (`mtl_ser.stats.cluster_bootstrap`): speakers are resampled with replacement within each
   fold, all their utterances of every seed together, the same draw for both settings.
@@ -214,8 +216,8 @@ def paired_tests(first: list[float], second: list[float]) -> dict:
 
 # ------------------------------------------------------------------------- utterances
 def read_predictions(run: dict) -> dict[str, dict]:
-    """``{utt_id: {"true", "predicted", "errors", "words", "speaker"}}`` from a run's
-    predictions.csv.
+    """``{utt_id: {"true", "predicted", "errors", "words", "speaker", "row"}}`` from a run's
+    predictions.csv (``row``: all its cells by column).
 
     ``words`` is the reference's word count for utterances with text (else None);
     ``errors`` the word edits of the hypothesis, None without text or without a CTC head
@@ -238,6 +240,7 @@ def read_predictions(run: dict) -> dict[str, dict]:
                 else None,
                 "words": len(row["reference"].split()) if has_text else None,
                 "speaker": row.get("speaker") or None,
+                "row": row,
             }
     return out
 
@@ -254,7 +257,7 @@ def pooled_arrays(first_runs: list[dict], second_runs: list[dict], labels: list[
     """
     index = {name: i for i, name in enumerate(labels)}
     true, first, second, words, err_a, err_b = [], [], [], [], [], []
-    strata, speakers, ids = [], [], []
+    strata, speakers, ids, rows_a, rows_b = [], [], [], [], []
     wer_ok = all(r.get("wer") is not None for r in [*first_runs, *second_runs])
     for run_a, run_b in zip(first_runs, second_runs, strict=True):
         a, b = read_predictions(run_a), read_predictions(run_b)
@@ -277,6 +280,8 @@ def pooled_arrays(first_runs: list[dict], second_runs: list[dict], labels: list[
             strata.append(run_a["fold"])
             speakers.append(a[utt]["speaker"] or b[utt]["speaker"])
             ids.append(utt)
+            rows_a.append(a[utt]["row"])
+            rows_b.append(b[utt]["row"])
     by_speaker = all(s is not None for s in speakers)
     out = {
         "true": np.array(true),
@@ -290,15 +295,61 @@ def pooled_arrays(first_runs: list[dict], second_runs: list[dict], labels: list[
         out.update(
             words=np.array(words), errors_first=np.array(err_a), errors_second=np.array(err_b)
         )
+    out["tasks"] = _class_task_arrays(rows_a, rows_b, out)
     return out
 
 
+def _class_task_arrays(rows_a: list[dict], rows_b: list[dict], out: dict) -> list[str]:
+    """Adds ``<task>:true`` / ``<task>:first`` / ``<task>:second`` class ids ``[N]`` and
+    ``<task>:mask`` ``[N]`` (1 where the utterance has a target and both predictions) to
+    ``out`` for every classification task whose predictions.csv columns
+    ``<task>_true`` / ``<task>_predicted`` both settings' runs wrote (e.g. a
+    speaker_attribute task), from the two settings' predictions.csv rows (cells by column)
+    in the order of the other arrays; returns those tasks."""
+    if not rows_a:
+        return []
+    columns = set(rows_a[0]) & set(rows_b[0])
+    tasks = sorted(c[: -len("_true")] for c in columns if c.endswith("_true"))
+    tasks = [t for t in tasks if f"{t}_predicted" in columns]
+    for task in tasks:
+        cells = [
+            (a.get(f"{task}_true") or "", a.get(f"{task}_predicted") or "")
+            + (b.get(f"{task}_predicted") or "",)
+            for a, b in zip(rows_a, rows_b, strict=True)
+        ]
+        index = {v: i for i, v in enumerate(sorted({v for c in cells for v in c} - {""}))}
+        out[f"{task}:mask"] = np.array([float(all(c)) for c in cells])
+        for k, which in enumerate(("true", "first", "second")):
+            out[f"{task}:{which}"] = np.array([index.get(c[k], -1) for c in cells])
+    return tasks
+
+
+def pooled_kind(metric: str, arrays: dict) -> str | None:
+    """What the bootstrap computes for ``metric``: ``wa`` / ``ua`` / ``wer`` (`POOLED_AS`),
+    ``<task>:accuracy`` / ``<task>:ua`` for a classification task with per-utterance columns
+    (`_class_task_arrays`), or None (fold-level tests only)."""
+    if metric in POOLED_AS:
+        kind = POOLED_AS[metric]
+        return None if kind == "wer" and "words" not in arrays else kind
+    task, _, name = metric.rpartition("/")
+    if name in ("accuracy", "ua") and task in arrays.get("tasks", ()):
+        return f"{task}:{name}"
+    return None
+
+
 def pooled_metric(metric: str, arrays: dict, weights: np.ndarray, which: str) -> np.ndarray:
-    """A pooled metric of setting ``which`` ("first" / "second") under item weights
-    ``[B, N]`` (each utterance counted as often as the resample holds it) -> ``[B]``."""
+    """A pooled metric (a `pooled_kind`) of setting ``which`` ("first" / "second") under
+    item weights ``[B, N]`` (each utterance counted as often as the resample holds it) ->
+    ``[B]``."""
     if metric == "wer":
         errors = (weights * arrays[f"errors_{which}"]).sum(1)
         return errors / np.maximum((weights * arrays["words"]).sum(1), 1e-12)
+    if ":" in metric:  # a classification task's accuracy / UA over its scored utterances
+        task, _, name = metric.partition(":")
+        true, predicted = arrays[f"{task}:true"], arrays[f"{task}:{which}"]
+        scored = arrays[f"{task}:mask"] > 0
+        score = weighted_wa if name == "accuracy" else weighted_ua
+        return score(true[scored], predicted[scored], weights[:, scored])
     if metric == "wa":
         return weighted_wa(arrays["true"], arrays[which], weights)
     return weighted_ua(arrays["true"], arrays[which], weights)
@@ -376,8 +427,8 @@ def compare_settings(
     Args:
         runs: the runs.
         samples: bootstrap resamples.
-        metrics: the metrics compared: top-level (``ua``) or ``<task>/<metric>``; those of
-            `POOLED_AS` also pooled with the bootstrap.
+        metrics: the metrics compared: top-level (``ua``) or ``<task>/<metric>``; those
+            with per-utterance values (`pooled_kind`) also pooled with the bootstrap.
         pairs: the pairs (`find_pairs` or `mtl_ser.baseline.baseline_pairs`); default
             `find_pairs`.
 
@@ -397,15 +448,15 @@ def compare_settings(
                 continue
             comparison.per_fold[metric] = values
             comparison.tests[metric] = paired_tests(values["first"], values["second"])
-        if any(m in POOLED_AS for m in metrics):
+        if any(m in POOLED_AS or m.rpartition("/")[2] in ("accuracy", "ua") for m in metrics):
             _pool(comparison, runs_a, runs_b, samples)
         comparisons.append(comparison)
     return comparisons
 
 
 def _pool(comparison: Comparison, runs_a: list[dict], runs_b: list[dict], samples: int) -> None:
-    """Adds the pooled bootstrap of the comparison's `POOLED_AS` metrics (or a note why
-    there is none)."""
+    """Adds the pooled bootstrap of the comparison's metrics that have per-utterance values
+    (`pooled_kind`), or a note why there is none."""
     try:
         arrays = pooled_arrays(runs_a, runs_b, list(runs_a[0]["labels"]))
     except (FileNotFoundError, ValueError) as err:
@@ -418,10 +469,9 @@ def _pool(comparison: Comparison, runs_a: list[dict], runs_b: list[dict], sample
             "of its fold), not speakers, so its interval is too narrow"
         )
     for metric in comparison.metrics:
-        kind = POOLED_AS.get(metric)
-        if kind is None or (kind == "wer" and "words" not in arrays):
-            continue
-        comparison.pooled[metric] = bootstrap(arrays, kind, samples)
+        kind = pooled_kind(metric, arrays)
+        if kind is not None:
+            comparison.pooled[metric] = bootstrap(arrays, kind, samples)
     if not comparison.pooled:
         return
     fewest = min(r["min_clusters"] for r in comparison.pooled.values())
@@ -492,11 +542,12 @@ def markdown(
         "with all their utterances of every seed; the same draw for both settings).",
         "",
     ]
-    fold_only = [m for m in metrics if m not in POOLED_AS]
+    fold_only = fold_level_only(comparisons, metrics)
     if fold_only:
         lines += [
-            "Fold-level tests only (no pooled bootstrap: it pools emotion WA / UA and greedy "
-            f"CTC WER from predictions.csv) for: {', '.join(fold_only)}.",
+            "Fold-level tests only (no pooled bootstrap: it pools emotion WA / UA, greedy CTC "
+            "WER and the accuracy / UA of classification tasks with per-utterance columns "
+            f"`<task>_true`, `<task>_predicted` in predictions.csv) for: {', '.join(fold_only)}.",
             "",
         ]
     if not comparisons:
@@ -533,7 +584,7 @@ def markdown(
                 cells.append(f"{format_value(pooled['diff'], metric, True)} [{low}, {high}]")
                 cells.append(f"{pooled['clusters']} {pooled['cluster_unit']}s")
             else:
-                cells += ["–"] * 3 + ["fold-level only" if metric not in POOLED_AS else "–"]
+                cells += ["–"] * 3 + ["fold-level only" if metric in fold_only else "–"]
             lines.append("| " + " | ".join(cells) + " |")
     notes = [*(f"- {n}" for n in notes)] + [
         f"- {c.protocol} {c.first_text} vs {c.second_text}: {n}"
@@ -541,6 +592,15 @@ def markdown(
         for n in c.notes
     ]
     return "\n".join([*lines, "", *notes, ""] if notes else [*lines, ""])
+
+
+def fold_level_only(comparisons: list[Comparison], metrics) -> list[str]:
+    """The metrics of ``metrics`` that no comparison pooled and that `POOLED_AS` does not
+    name: those without per-utterance values (e.g. dimensions/ccc_mean), tested over folds
+    only."""
+    return [
+        m for m in metrics if m not in POOLED_AS and not any(m in c.pooled for c in comparisons)
+    ]
 
 
 def write_csv(comparisons: list[Comparison], path: str | Path) -> Path:
@@ -557,13 +617,14 @@ def write_csv(comparisons: list[Comparison], path: str | Path) -> Path:
             + ["pooled_first", "pooled_second", "pooled_diff", "ci_low", "ci_high"]
             + ["pooled_utterances", "bootstrap_unit", "bootstrap_clusters", "bootstrap_samples"]
         )
+        fold_only = fold_level_only(comparisons, [m for c in comparisons for m in c.metrics])
         for c in comparisons:
             for metric in c.metrics:
                 test, pooled = c.tests.get(metric) or {}, c.pooled.get(metric) or {}
                 if not test and not pooled:
                     continue
                 unit = pooled.get("cluster_unit", "")
-                if metric not in POOLED_AS:
+                if metric in fold_only:
                     unit = "fold-level only"
                 writer.writerow(
                     [c.protocol, c.first_text, c.second_text, c.differs_in, metric]

@@ -35,10 +35,14 @@ UTTERANCES = [
 ]
 
 
-def write_run(root, fold, alpha=0.1, seed=1, predicted=None, task_metrics=None, **setting):
+def write_run(
+    root, fold, alpha=0.1, seed=1, predicted=None, task_metrics=None, gender=None, **setting
+):
     """One run of `UTTERANCES`, its predictions ``predicted`` (default: all right),
-    ``task_metrics`` as results.json's key (None: none, as runs of an older mtl-ser), and
-    further ``setting`` keys (e.g. task_weighting)."""
+    ``task_metrics`` as results.json's key (None: none, as runs of an older mtl-ser), the
+    gender task's predictions ``gender`` (columns gender_true / gender_predicted: F for even
+    utterances, M for odd ones, none for the last), and further ``setting`` keys (e.g.
+    task_weighting)."""
     predicted = predicted or [u[0] for u in UTTERANCES]
     folder = root / f"alpha{alpha}-{json.dumps(setting, sort_keys=True)}" / f"f{fold}s{seed}"
     folder.mkdir(parents=True)
@@ -71,11 +75,13 @@ def write_run(root, fold, alpha=0.1, seed=1, predicted=None, task_metrics=None, 
         writer.writerow(
             ["id", "true", "predicted", *(f"p_{c}" for c in LABELS), "reference", "hypothesis"]
             + ["has_text", "scripted", "speaker", "hypothesis_beam"]
+            + ([] if gender is None else ["gender_true", "gender_predicted"])
         )
         for i, ((true, ref, hyp, beam), p) in enumerate(zip(UTTERANCES, predicted, strict=True)):
             writer.writerow(
                 [f"f{fold}_u{i}", true, p, 0.25, 0.25, 0.25, 0.25, ref, hyp if ctc else ""]
                 + [bool(ref), False, f"spk{fold}_{i % 2}", beam if ctc else ""]
+                + ([] if gender is None else [("", "FM"[i % 2])[i < 7], gender[i]])
             )
     return folder
 
@@ -168,22 +174,26 @@ def test_paired_tests_against_a_baseline_on_task_metrics(tmp_path, capsys):
             fold,
             alpha=0.0,
             predicted=wrong,
-            task_metrics=metrics(0.0, base, 1),
+            task_metrics=metrics(0.0, base, 1, accuracy=4 / 7),
+            gender=["F"] * 8,  # right for the 4 even utterances of the 7 with a gender
             task_weighting="fixed",
         )
-        write_run(runs, fold, task_metrics=metrics(1.0, fixed, 1), task_weighting="fixed")
-        write_run(runs, fold, task_metrics=metrics(1.0, learned, 1), task_weighting="uncertainty")
+        right = ["F", "M"] * 4
+        for weighting, ccc in (("fixed", fixed), ("uncertainty", learned)):
+            values = metrics(1.0, ccc, 1, accuracy=1.0)
+            write_run(runs, fold, task_metrics=values, gender=right, task_weighting=weighting)
     # Without a baseline only settings that differ in one key are paired.
     default = [(p[1]["alpha"], p[2]["alpha"], p[3]) for p in find_pairs(find_results([runs]))]
     assert default == [(0.0, 0.1, "alpha"), (0.1, 0.1, "task_weighting")]
     report = tmp_path / "report"
-    options = ["--output-folder", str(report), "--paired-metrics", "emotion/ua,dimensions/ccc_mean"]
+    options = ["--output-folder", str(report), "--paired-metrics"]
+    options.append("emotion/ua,dimensions/ccc_mean,gender/accuracy")
     assert main(["report", str(runs), "--baseline", "alpha=0", *options]) == 0
     printed = capsys.readouterr().out
     assert "dimensions/ccc_mean ↑ +0.3000 over 2 fold(s)" in printed
     with open(report / "paired.csv") as f:
         lines = {(r["second"], r["metric"]): r for r in csv.DictReader(f)}
-    assert {m for _, m in lines} == {"emotion/ua", "dimensions/ccc_mean"}
+    assert {m for _, m in lines} == {"emotion/ua", "dimensions/ccc_mean", "gender/accuracy"}
     learned = lines[("recipe=mtl alpha=0.1 task_weighting=uncertainty", "dimensions/ccc_mean")]
     assert learned["first"] == "recipe=mtl alpha=0 task_weighting=fixed"
     assert learned["differs_in"] == "alpha,task_weighting"
@@ -194,6 +204,12 @@ def test_paired_tests_against_a_baseline_on_task_metrics(tmp_path, capsys):
     assert float(ua["mean_diff"]) == pytest.approx(1.0)
     assert (float(ua["pooled_first"]), float(ua["pooled_second"])) == (0.0, 1.0)
     assert ua["bootstrap_unit"] == "speaker" and ua["pooled_utterances"] == "16"
+    # gender/accuracy pooled from gender_true / gender_predicted (the utterance without a
+    # gender left out): 8 of 14 right against 14 of 14.
+    gender = lines[("recipe=mtl alpha=0.1 task_weighting=uncertainty", "gender/accuracy")]
+    assert float(gender["mean_diff"]) == pytest.approx(3 / 7)
+    assert float(gender["pooled_first"]) == pytest.approx(4 / 7)
+    assert float(gender["pooled_second"]) == 1.0 and gender["bootstrap_unit"] == "speaker"
     fixed = lines[("recipe=mtl alpha=0.1", "dimensions/ccc_mean")]
     assert float(fixed["mean_diff"]) == pytest.approx(0.05)
     markdown = (report / "summary.md").read_text()
@@ -219,9 +235,9 @@ def test_paired_tests_against_a_baseline_on_task_metrics(tmp_path, capsys):
         assert main(["report", str(runs), "--baseline", spec, "--output-folder", str(nothing)]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and expected in err and "Traceback" not in err
-    assert main(["report", str(runs), "--paired-metrics", "gender/accuracy"]) == 2
+    assert main(["report", str(runs), "--paired-metrics", "gender/ua"]) == 2
     err = capsys.readouterr().err
-    assert "--paired-metrics: no run reports 'gender/accuracy'; metrics found: wa, ua," in err
+    assert "--paired-metrics: no run reports 'gender/ua'; metrics found: wa, ua," in err
     assert not nothing.exists() and not (runs / "summary.md").exists()
 
 
