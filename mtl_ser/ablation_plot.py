@@ -11,6 +11,7 @@ alpha.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from mtl_ser.report_rows import (
@@ -95,7 +96,51 @@ def ablation_markdown(rows: list[Row], metrics: tuple[str, ...]) -> str:
             cells.append(f"{cell(best[1], None)} at alpha {alpha_text(best[0])}")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        verdicts = learned_against_fixed(rows, metric)
+        lines += [f"- {v}" for v in verdicts] + ([""] if verdicts else [])
     return "\n".join(lines)
+
+
+def learned_against_fixed(rows: list[Row], metric: str) -> list[str]:
+    """ "Does a learned weighting beat the best fixed alpha?": for each row whose
+    ``task_weighting`` is not ``fixed``, its mean of ``metric`` against the best mean of the
+    rows with ``task_weighting`` fixed (or unrecorded, the default) that share its protocol,
+    recipe and every other setting key (alpha and the learning rates apart).
+
+    Returns: one line per such row (none without learned weightings)."""
+
+    def rest(row: Row) -> str:
+        skip = {"alpha", "task_weighting"}
+        kept = {k: v for k, v in row.setting.items() if k not in skip and not k.startswith("lr_")}
+        return json.dumps([row.protocol, kept], sort_keys=True, default=str)
+
+    pick = min if lower_is_better_metric(metric) else max
+    label_of = series_labels(rows)
+    lines = []
+    for row in rows:
+        mean = row.stat(metric)[0][0]
+        if row.setting.get("task_weighting", "fixed") == "fixed" or mean is None:
+            continue
+        fixed = [
+            r
+            for r in rows
+            if r.setting.get("task_weighting", "fixed") == "fixed"
+            and rest(r) == rest(row)
+            and r.stat(metric)[0][0] is not None
+        ]
+        name = f"{label_of[id(row)]} alpha {alpha_text(row.alpha)}"
+        if not fixed:
+            lines.append(f"{name}: {metric} {mean:.4f}; no fixed weighting of the same setting")
+            continue
+        best = pick(fixed, key=lambda r: r.stat(metric)[0][0])
+        value = best.stat(metric)[0][0]
+        verdict = "beats" if pick(mean, value) == mean and mean != value else "does not beat"
+        lines.append(
+            f"{name}: {metric} {mean:.4f} {verdict} the best fixed alpha "
+            f"({alpha_text(best.alpha)}: {value:.4f}; difference {mean - value:+.4f}, "
+            "means over folds, see the paired tests for their spread)"
+        )
+    return lines
 
 
 def plot_alpha_ablation(rows: list[Row], path: str | Path, metrics=None) -> Path:

@@ -281,6 +281,15 @@ def test_task_weighting_rows_are_own_series_in_the_ablation(tmp_path):
         in text
     )
 
+    assert (
+        "- mtl loso task_weighting=uncertainty alpha 0.1: dimensions/ccc_mean 0.4800 beats the "
+        "best fixed alpha (0.1: 0.4300; difference +0.0500," in text
+    )
+    assert (
+        "- mtl loso task_weighting=pcgrad alpha 0.1: dimensions/ccc_mean 0.3800 does not beat "
+        "the best fixed alpha (0.1: 0.4300; difference -0.0500," in text
+    )
+
     out = tmp_path / "report"
     write_report([runs], out, ablation_metrics="emotion/ua,ctc/wer,dimensions/ccc_mean")
     assert (out / "alpha_ablation.png").read_bytes()[:4] == b"\x89PNG"
