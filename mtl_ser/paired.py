@@ -20,8 +20,7 @@ compared with it instead, however many keys they differ in. For each pair and me
   setting (emotion WA / UA, greedy CTC WER and the accuracy / UA of a classification task
   whose predictions.csv has ``<task>_true`` / ``<task>_predicted`` columns, whichever of them
   the metrics ask for; the other metrics, e.g. CCC, are compared over folds only, which the
-  outputs say) and the difference,
-  with a 95% paired cluster-bootstrap confidence interval
+  outputs say) and the difference, with a 95% paired cluster-bootstrap confidence interval
   (`mtl_ser.stats.cluster_bootstrap`): speakers are resampled with replacement within each
   fold, all their utterances of every seed together, the same draw for both settings.
   predictions.csv files without a ``speaker`` column (older runs) fall back to the utterance
