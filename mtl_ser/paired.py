@@ -5,8 +5,9 @@ sets: runs with the same protocol and fold test on the same utterances. By defau
 are paired when they differ in exactly one key of their recorded setting (e.g. alpha, or
 pooling; or in alpha and the learning rates together: Cai et al. trained alpha = 0 at another
 rate, `sweep --alpha0-lr`) and use the same label set. With a baseline (`report --baseline
-alpha=0`, `select_baseline`) every other setting of the baseline's protocol and label set is
-compared with it instead, however many keys they differ in. For each pair and metric:
+alpha=0`, `mtl_ser.baseline.baseline_pairs`) every other setting of the baseline's
+protocol and label set is compared with it instead, however many keys they differ in. For
+each pair and metric:
 
 - per fold (the unit of the tests): the difference second - first of each metric (default
   WA, UA, macro-F1 and WER; any top-level metric or task metric ``<task>/<metric>`` of the
