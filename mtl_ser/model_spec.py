@@ -23,6 +23,7 @@ from mtl_ser.models.fusion import FUSIONS, TextFusionHead
 from mtl_ser.models.heads import LAYER_CHOICES, POOLINGS, CTCHead, EmotionHead
 from mtl_ser.models.ssl import SSLEncoder
 from mtl_ser.models.text_encoder import PRESETS as TEXT_PRESETS
+from mtl_ser.models.text_encoder import text_config_classes
 from mtl_ser.models.whisper import FRONT_END_KEYS, WHISPER_INPUTS, WhisperEncoder
 
 SPEC_FORMAT = 1
@@ -174,11 +175,22 @@ def _odd(value, key):
 
 
 def _text_encoder(value, key):
-    """A text encoder built locally (no download, no file read): the presets only."""
+    """A text encoder built locally (no download, no file read): a preset's name, or a
+    Hugging Face text model's config (a supported family) and its tokenizer.json."""
+    if isinstance(value, dict):
+        return _mapping(
+            value,
+            key,
+            {
+                "config": lambda v, k: _hf_config(v, k, text_config_classes()),
+                "tokenizer": _json_like,
+            },
+            required=("config", "tokenizer"),
+        )
     if value not in TEXT_PRESETS:
         raise SpecError(
             f"{key} is {value!r}: a model spec builds the text encoders {list(TEXT_PRESETS)} "
-            "only (a Hugging Face text encoder is not exportable in this version)"
+            "or a Hugging Face text model from its config and tokenizer, never a download"
         )
     return value
 

@@ -95,8 +95,8 @@ class TextFusionHead(nn.Module):
     Args:
         input_size: encoder output size D.
         n_classes: number of emotion classes (or None: `set_num_classes` later).
-        text_encoder: ``char``, ``random:tiny-bert`` or a hub id / folder
-            (`mtl_ser.models.text_encoder`).
+        text_encoder: ``char``, ``random:tiny-bert``, a hub id / folder, or a built Hugging
+            Face model's parts (`mtl_ser.models.text_encoder.HFTextEncoder`).
         fusion: one of `FUSIONS`.
         text_size: the ``char`` encoder's hidden size.
         fusion_size: F of gated / cross_attention.
@@ -112,7 +112,7 @@ class TextFusionHead(nn.Module):
         self,
         input_size: int,
         n_classes=None,
-        text_encoder: str = "char",
+        text_encoder="char",
         fusion: str = "concat",
         text_size: int = 64,
         fusion_size: int = 64,
@@ -179,8 +179,13 @@ class TextFusionHead(nn.Module):
         return self.acoustic.layer_sum
 
     def export_kwargs(self) -> dict:
-        """Constructor arguments that rebuild this head (weights apart)."""
-        return {**self._kwargs, "n_classes": self.n_classes}
+        """Constructor arguments that rebuild this head (weights apart; a Hugging Face text
+        encoder as its config and tokenizer, no download)."""
+        return {
+            **self._kwargs,
+            "text_encoder": self.text.export_source(),
+            "n_classes": self.n_classes,
+        }
 
     def pooled(self, x: torch.Tensor, lengths: torch.Tensor, layers=None) -> torch.Tensor:
         """The acoustic utterance vectors ``[B, P]`` (the text is not part of them)."""

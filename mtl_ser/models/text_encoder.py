@@ -12,12 +12,15 @@ a string's states: a batch gives each string what it gets alone.
   needs nothing.
 - ``random:tiny-bert``: a randomly initialised 2-layer BERT (hidden 32) on our own
   character tokenizer, built locally (tests; no download).
-- anything else: a Hugging Face ``AutoModel`` hub id or local folder, with its
-  ``AutoTokenizer`` (e.g. ``bert-base-uncased``, ``roberta-base``).
+- anything else: a Hugging Face ``AutoModel`` hub id or local folder, with its fast
+  ``AutoTokenizer`` (e.g. ``bert-base-uncased``, ``roberta-base``; the families of
+  `text_config_classes`). Its config and tokenizer are saved in the model spec
+  (`HFTextEncoder.export_source`), so a run's export rebuilds it without a download.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import torch
@@ -82,6 +85,10 @@ class CharTextEncoder(nn.Module):
         self.embedding = nn.Embedding(self.tokenizer.vocab_size, hidden_size, padding_idx=PAD_ID)
         self.gru = nn.GRU(hidden_size, hidden_size // 2, batch_first=True, bidirectional=True)
 
+    def export_source(self) -> str:
+        """The ``text_encoder`` name that rebuilds this encoder."""
+        return "char"
+
     def forward(self, texts: list[str]) -> TextStates:
         ids, mask = self.tokenizer(texts)
         ids, mask = ids.to(self.embedding.weight.device), mask.to(self.embedding.weight.device)
@@ -96,21 +103,41 @@ class CharTextEncoder(nn.Module):
         return TextStates(states, mask, masked_mean(states, mask))
 
 
-class HFTextEncoder(nn.Module):
-    """A Hugging Face text model (``AutoModel``) and its tokenizer; the states are its last
-    hidden layer. Padding is masked by the model's attention mask.
+def text_config_classes() -> dict:
+    """The Hugging Face text model families a model spec may build: model_type -> config
+    class."""
+    import transformers
 
-    Args: source: a hub id, a local folder, or ``random:tiny-bert`` (a 2-layer, hidden-32
-    BERT on `CharTokenizer`, randomly initialised); max_length (tokens).
+    return {
+        "bert": transformers.BertConfig,
+        "roberta": transformers.RobertaConfig,
+        "xlm-roberta": transformers.XLMRobertaConfig,
+        "distilbert": transformers.DistilBertConfig,
+        "electra": transformers.ElectraConfig,
+    }
+
+
+class HFTextEncoder(nn.Module):
+    """A Hugging Face text model (``AutoModel``) and its fast tokenizer; the states are its
+    last hidden layer. Padding is masked by the model's attention mask.
+
+    Args:
+        source: a hub id or local folder (downloads / reads it); ``random:tiny-bert`` (a
+            2-layer, hidden-32 BERT on `CharTokenizer`, randomly initialised); or a built
+            model's parts ``{"config": <config dict>, "tokenizer": <tokenizer.json dict>}``
+            (what `export_source` returns and a model spec holds: random weights, to be
+            loaded; no download, no file read).
+        max_length: tokens per string at most (special tokens included).
     """
 
-    def __init__(self, source: str, max_length: int = 256):
+    def __init__(self, source, max_length: int = 256):
         super().__init__()
+        import tokenizers
         import transformers
 
-        self.source = source
+        self.preset = source if source == "random:tiny-bert" else None
         self.max_length = int(max_length)
-        if source == "random:tiny-bert":
+        if self.preset:
             self.tokenizer = CharTokenizer(max_length)
             config = transformers.BertConfig(
                 vocab_size=self.tokenizer.vocab_size,
@@ -122,18 +149,51 @@ class HFTextEncoder(nn.Module):
                 pad_token_id=PAD_ID,
             )
             self.model = transformers.BertModel(config, add_pooling_layer=False)
+        elif isinstance(source, dict):
+            config = dict(source["config"])
+            config_class = text_config_classes()[config.pop("model_type")]
+            self.model = transformers.AutoModel.from_config(config_class(**config))
+            self.tokenizer = tokenizers.Tokenizer.from_str(json.dumps(source["tokenizer"]))
         else:
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+            wrapper = transformers.AutoTokenizer.from_pretrained(source)
+            if not wrapper.is_fast:
+                raise ValueError(
+                    f"text_encoder {source}: its tokenizer has no fast (tokenizers) version, "
+                    "which mtl-ser saves with the model; choose a model that has one"
+                )
+            self.tokenizer = wrapper.backend_tokenizer
             self.model = transformers.AutoModel.from_pretrained(source)
+            if self.model.config.model_type not in text_config_classes():
+                raise ValueError(
+                    f"text_encoder {source} is a {self.model.config.model_type} model; "
+                    f"supported: {sorted(text_config_classes())}"
+                )
+        if not isinstance(self.tokenizer, CharTokenizer):
+            self.tokenizer.no_padding()  # padded here, with the mask
+            self.tokenizer.no_truncation()
         self.output_size = self.model.config.hidden_size
+
+    def export_source(self):
+        """What rebuilds this encoder without a download: the preset's name, or the
+        model's config and tokenizer (``source`` of the constructor)."""
+        if self.preset:
+            return self.preset
+        config = self.model.config
+        defaults = type(config)().to_dict()
+        kept = {k: v for k, v in config.to_dict().items() if k in defaults}
+        return {"config": kept, "tokenizer": json.loads(self.tokenizer.to_str())}
 
     def _tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(self.tokenizer, CharTokenizer):
             return self.tokenizer(texts)
-        enc = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        return enc["input_ids"], enc["attention_mask"].bool()
+        rows = [e.ids[: self.max_length] for e in self.tokenizer.encode_batch(list(texts))]
+        longest = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), longest, dtype=torch.long)
+        mask = torch.zeros(len(rows), longest, dtype=torch.bool)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = True
+        return ids, mask
 
     def forward(self, texts: list[str]) -> TextStates:
         ids, mask = self._tokens(texts)
@@ -143,11 +203,12 @@ class HFTextEncoder(nn.Module):
         return TextStates(states, mask, masked_mean(states, mask))
 
 
-def build_text_encoder(name: str, hidden_size: int = 64, max_length: int = 256) -> nn.Module:
-    """The text encoder ``name`` (see the module docstring); ``hidden_size`` sizes ``char``
-    only (the others have their model's). Forward: B strings -> `TextStates`."""
+def build_text_encoder(name, hidden_size: int = 64, max_length: int = 256) -> nn.Module:
+    """The text encoder ``name`` (see the module docstring, or a built Hugging Face model's
+    parts: `HFTextEncoder`); ``hidden_size`` sizes ``char`` only (the others have their
+    model's). Forward: B strings -> `TextStates`."""
     if name == "char":
         return CharTextEncoder(hidden_size, max_length)
-    if not isinstance(name, str) or not name:
+    if not (isinstance(name, dict) or (isinstance(name, str) and name)):
         raise ValueError(f"text_encoder must be one of {list(PRESETS)} or a hub id / folder")
     return HFTextEncoder(name, max_length)

@@ -220,3 +220,63 @@ def _cnn_spec():
     from mtl_ser.models.cnn import CNNEncoder, LogMelFrontEnd
 
     return module_spec(CNNEncoder(LogMelFrontEnd(n_mels=40), [4]))
+
+
+def local_bert_folder(folder):
+    """A tiny BERT and a fast word-level tokenizer saved as a Hugging Face folder (what a
+    hub id downloads), built here: no network."""
+    import tokenizers
+    import transformers
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "hello", "there", "a", "much", "longer"]
+    vocab = {w: i for i, w in enumerate(words)}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.post_processor = tokenizers.processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    wrapper = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]"
+    )
+    config = transformers.BertConfig(
+        vocab_size=len(words),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    transformers.BertModel(config).save_pretrained(folder)
+    wrapper.save_pretrained(folder)
+    return str(folder)
+
+
+def test_a_hugging_face_text_encoder_is_saved_in_the_spec_and_rebuilt_without_it(tmp_path):
+    torch.manual_seed(3)
+    folder = local_bert_folder(tmp_path / "bert")
+    head = TextFusionHead(12, n_classes=4, text_encoder=folder, fusion="concat").eval()
+    x, lengths = acoustic()
+    logits = head(x, lengths, texts=TEXTS)
+    for i, n in enumerate(lengths.tolist()):  # batched == alone with the hub tokenizer too
+        alone = head(x[i : i + 1, :n], lengths[i : i + 1], texts=[TEXTS[i]])
+        torch.testing.assert_close(alone[0], logits[i], atol=1e-5, rtol=1e-4)
+    spec = json.loads(json.dumps(module_spec(head)))
+    assert spec["kwargs"]["text_encoder"]["config"]["model_type"] == "bert"
+    full = {
+        "format": 1,
+        "modules": {"encoder": _cnn_spec(), "emotion_head": spec},
+        "labels": ["a", "b", "c", "d"],
+        "vocab": ["x"],
+        "sample_rate": 16000,
+        "channels": "mean",
+    }
+    checked = validate_spec(full, "spec.json")
+    import shutil
+
+    shutil.rmtree(folder)  # the rebuilt head reads nothing but the spec and the weights
+    rebuilt = build_module(checked["modules"]["emotion_head"])
+    rebuilt.load_state_dict(head.state_dict(), strict=True)
+    torch.testing.assert_close(rebuilt.eval()(x, lengths, texts=TEXTS), logits)
+    full["modules"]["emotion_head"]["kwargs"]["text_encoder"]["config"]["model_type"] = "gpt2"
+    with pytest.raises(SpecError, match="buildable encoders"):
+        validate_spec(full, "spec.json")
