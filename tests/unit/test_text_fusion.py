@@ -280,3 +280,17 @@ def test_a_hugging_face_text_encoder_is_saved_in_the_spec_and_rebuilt_without_it
     full["modules"]["emotion_head"]["kwargs"]["text_encoder"]["config"]["model_type"] = "gpt2"
     with pytest.raises(SpecError, match="buildable encoders"):
         validate_spec(full, "spec.json")
+
+
+def test_onnx_and_hf_exports_refuse_the_text_head_in_one_line():
+    from mtl_ser.data.text import CharVocabulary
+    from mtl_ser.export import LoadedModel
+    from mtl_ser.export_hf import _require_exportable
+    from mtl_ser.export_onnx import OnnxExportError, check_exportable
+
+    head = TextFusionHead(12, n_classes=4)
+    model = LoadedModel({"emotion_head": head}, ("a", "b", "c", "d"), CharVocabulary(), 16000, {})
+    with pytest.raises(OnnxExportError, match="text_emotion.*--format mtl_ser"):
+        check_exportable(model)
+    with pytest.raises(ValueError, match="--format hf: .*text_emotion.*--format mtl_ser"):
+        _require_exportable(model)
