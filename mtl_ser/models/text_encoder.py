@@ -168,6 +168,10 @@ class HFTextEncoder(nn.Module):
                     f"text_encoder {source} is a {self.model.config.model_type} model; "
                     f"supported: {sorted(text_config_classes())}"
                 )
+        if getattr(self.model, "pooler", None) is not None:
+            # Never read (the states are mean-pooled over the mask): without it no parameter
+            # lacks a gradient (DDP), and a spec-built model has the same weights.
+            self.model.pooler = None
         if not isinstance(self.tokenizer, CharTokenizer):
             self.tokenizer.no_padding()  # padded here, with the mask
             self.tokenizer.no_truncation()
