@@ -86,6 +86,7 @@ from mtl_ser.groups import attach_groups, check_columns
 from mtl_ser.progress import is_terminal
 from mtl_ser.results import PredictionLog, write_run_outputs
 from mtl_ser.tasks import configured_tasks, parse_metric, task_context, tasks_identity
+from mtl_ser.tasks.base import TaskInputs
 from mtl_ser.tasks.weighting import PCGradWeighting, make_weighting
 
 logger = logging.getLogger(__name__)
@@ -274,10 +275,15 @@ class EmotionBrain(sb.Brain):
         # One dropout mask on the last layer shared by both heads, as the released code's
         # `final_dropout` (heads reading a weighted sum of layers have their own dropout).
         hidden = F.dropout(enc.hidden, self.hparams.head_dropout, training=stage == sb.Stage.TRAIN)
-        by_task = {
-            task.name: task.forward(self.modules[task.head_module], hidden, enc.lengths, enc.layers)
-            for task in self.tasks
-        }
+        # Each row's utterance in the batch (augmented copies repeat their utterance's).
+        rows = torch.arange(len(batch.id), device=hidden.device)
+        if augmented:
+            rows = self.hparams.batch_augment.replicate_labels(rows)
+        inputs = TaskInputs(batch, stage, self.tasks, {}, rows, self._item_seeds)
+        for task in sorted(self.tasks, key=lambda t: t.order):  # readers after what they read
+            head = self.modules[task.head_module]
+            inputs.outputs[task.name] = task.run(head, hidden, enc.lengths, enc.layers, inputs)
+        by_task = {task.name: inputs.outputs[task.name] for task in self.tasks}
         return Outputs(by_task, enc.lengths, augmented)
 
     def compute_objectives(self, outputs: Outputs, batch, stage) -> torch.Tensor:

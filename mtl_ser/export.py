@@ -316,6 +316,12 @@ def model_card(model: LoadedModel, spec: dict, usage: list[str] | None = None) -
         f"| audio | {spec['sample_rate']} Hz mono (other rates are resampled, channels averaged) |",
         "",
     ]
+    if model.modules["emotion_head"].reads_text:
+        lines += [
+            "The emotion head also reads a transcript: here, the model's own greedy CTC "
+            f"transcript (trained with: {results.get('text_view', '?')}).",
+            "",
+        ]
     if usage is not None:
         return "\n".join(lines + usage)
     lines += [

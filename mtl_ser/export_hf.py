@@ -44,6 +44,12 @@ WORD_DELIMITER = "|"
 
 
 def _require_exportable(model: LoadedModel) -> None:
+    if model.modules["emotion_head"].reads_text:
+        raise ValueError(
+            "--format hf: the emotion head reads a transcript (tasks.emotion kind: "
+            "text_emotion), which transformers' classification models cannot: export it with "
+            "--format mtl_ser"
+        )
     encoder = model.modules["encoder"]
     if isinstance(encoder, WhisperEncoder):
         raise ValueError(f"--format hf: {WHISPER_HF_NOTE}: export it with --format mtl_ser")

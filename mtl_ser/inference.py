@@ -303,8 +303,22 @@ class EmotionRecognizer:
         probs = torch.zeros(n, len(self.labels))
         transcripts = [""] * n if self.has_ctc else None
         task_values = {}
+        head = self.modules["emotion_head"]
+        if head.reads_text and not self.has_ctc:
+            raise ValueError(
+                "the emotion head reads a transcript but the model has no CTC head to make one"
+            )
         for batch, enc in self._encoded_batches(segments, batch_size, progress, "scoring"):
-            logits = self.modules["emotion_head"](enc.hidden, enc.lengths, enc.layers)
+            if self.has_ctc:
+                log_probs = self.modules["ctc_head"](enc.hidden, enc.layers)
+                rel_frames = enc.lengths.float() / log_probs.shape[1]
+                blank = self.model.vocab.blank_index
+                ids = ctc_greedy_decode(log_probs, rel_frames, blank_id=blank)
+                for s, seq in zip(batch, ids, strict=True):
+                    transcripts[s] = self.model.vocab.decode(seq)
+            # A text-fusion head reads the model's own transcript (no reference here).
+            texts = {"texts": [transcripts[s] for s in batch]} if head.reads_text else {}
+            logits = head(enc.hidden, enc.lengths, enc.layers, **texts)
             # Temperature scaling fitted on validation (1 without calibration).
             probs[batch] = torch.softmax(logits.float() / self.model.temperature, dim=-1).cpu()
             for task_name, (cls, info) in self.tasks.items():
@@ -313,13 +327,6 @@ class EmotionRecognizer:
                 if task_name not in task_values:
                     task_values[task_name] = torch.zeros(n, values.shape[1])
                 task_values[task_name][batch] = values
-            if self.has_ctc:
-                log_probs = self.modules["ctc_head"](enc.hidden, enc.layers)
-                rel_frames = enc.lengths.float() / log_probs.shape[1]
-                blank = self.model.vocab.blank_index
-                ids = ctc_greedy_decode(log_probs, rel_frames, blank_id=blank)
-                for s, seq in zip(batch, ids, strict=True):
-                    transcripts[s] = self.model.vocab.decode(seq)
         return probs, transcripts, frames.cpu(), task_values
 
     def _pool(self, enc, layer) -> torch.Tensor:

@@ -19,8 +19,11 @@ import transformers
 
 from mtl_ser.models.backbones import BACKBONES
 from mtl_ser.models.cnn import NORMALIZATIONS, CNNEncoder
+from mtl_ser.models.fusion import FUSIONS, TextFusionHead
 from mtl_ser.models.heads import LAYER_CHOICES, POOLINGS, CTCHead, EmotionHead
 from mtl_ser.models.ssl import SSLEncoder
+from mtl_ser.models.text_encoder import PRESETS as TEXT_PRESETS
+from mtl_ser.models.text_encoder import text_config_classes
 from mtl_ser.models.whisper import FRONT_END_KEYS, WHISPER_INPUTS, WhisperEncoder
 
 SPEC_FORMAT = 1
@@ -171,6 +174,27 @@ def _odd(value, key):
     return value
 
 
+def _text_encoder(value, key):
+    """A text encoder built locally (no download, no file read): a preset's name, or a
+    Hugging Face text model's config (a supported family) and its tokenizer.json."""
+    if isinstance(value, dict):
+        return _mapping(
+            value,
+            key,
+            {
+                "config": lambda v, k: _hf_config(v, k, text_config_classes()),
+                "tokenizer": _json_like,
+            },
+            required=("config", "tokenizer"),
+        )
+    if value not in TEXT_PRESETS:
+        raise SpecError(
+            f"{key} is {value!r}: a model spec builds the text encoders {list(TEXT_PRESETS)} "
+            "or a Hugging Face text model from its config and tokenizer, never a download"
+        )
+    return value
+
+
 _SSL = {"source": _hf_config, "normalize_waveform": _bool, "padding_aware": _bool}
 _WHISPER = {
     "source": lambda v, k: _hf_config(v, k, {"whisper": transformers.WhisperConfig}),
@@ -212,6 +236,25 @@ BUILDABLE: dict[str, tuple[type, dict, tuple]] = {
             **_LAYER_KEYS,
         },
         ("input_size", "n_classes"),
+    ),
+    # The emotion head with the transcript as a second view (mtl_ser.tasks.text_emotion).
+    "mtl_ser.models.fusion.TextFusionHead": (
+        TextFusionHead,
+        {
+            "input_size": _int,
+            "n_classes": _int,
+            "text_encoder": _text_encoder,
+            "fusion": _choice(FUSIONS),
+            "text_size": _int,
+            "fusion_size": _int,
+            "fusion_heads": _int,
+            "max_text_length": lambda v, k: _int(v, k, 2, 4096),
+            "pooling": _choice(POOLINGS),
+            "dropout": lambda v, k: _float(v, k, 0.0, 0.99),
+            "attention_size": _int,
+            **_LAYER_KEYS,
+        },
+        ("input_size", "n_classes", "text_encoder", "fusion"),
     ),
     "mtl_ser.models.heads.CTCHead": (
         CTCHead,

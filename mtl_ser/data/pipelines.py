@@ -27,6 +27,7 @@ duration, longest first (`dataio_prep`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import random
 import zlib
 from pathlib import Path
@@ -108,12 +109,24 @@ class ItemSeeds:
         """Chooses the epoch whose draws `drawing` makes (in every worker)."""
         self._epoch.fill_(int(epoch))
 
+    def item_seed(self, key: str) -> int:
+        """The seed of (seed, epoch, ``key``): a 32-bit integer."""
+        return zlib.crc32(f"{self.seed}:{int(self._epoch)}:{key}".encode())
+
+    def uniform(self, key: str) -> float:
+        """A number in [0, 1) that depends on (seed, epoch, ``key``) only (no generator
+        moves): e.g. a per-utterance coin (``key``: the utterance id and what it is for).
+        A cryptographic digest, not the CRC of `item_seed`: keys differing in one character
+        (neighbouring utterance ids) must give unrelated numbers."""
+        text = f"{self.seed}:{int(self._epoch)}:{key}".encode()
+        return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big") / 2**64
+
     @contextlib.contextmanager
     def drawing(self, key: str):
         """Within this block the torch (CPU), Python and NumPy generators are seeded from
         (seed, epoch, ``key``); the process's own streams are restored after it (in the main
         process they are checkpointed and must not move)."""
-        item_seed = zlib.crc32(f"{self.seed}:{int(self._epoch)}:{key}".encode())
+        item_seed = self.item_seed(key)
         py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(item_seed)

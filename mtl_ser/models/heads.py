@@ -120,6 +120,8 @@ class EmotionHead(nn.Module):
         num_layers: the encoder's number of hidden layers (with "weighted").
     """
 
+    reads_text = False  # the text-fusion head (mtl_ser.models.fusion) reads transcripts
+
     def __init__(
         self,
         input_size: int,

@@ -24,12 +24,14 @@ from mtl_ser.tasks.base import Task, TaskContext, lower_is_better
 from mtl_ser.tasks.ctc import CTCTask
 from mtl_ser.tasks.dimensions import DimensionsTask
 from mtl_ser.tasks.emotion import EmotionTask
+from mtl_ser.tasks.text_emotion import TextEmotionTask
 
 TASK_KINDS: dict[str, type[Task]] = {
     "emotion": EmotionTask,
     "ctc": CTCTask,
     "dimensions": DimensionsTask,
     "speaker_attribute": SpeakerAttributeTask,
+    "text_emotion": TextEmotionTask,  # the emotion task with the transcript as a second view
 }
 DEFAULT_TASKS = {"emotion": {}, "ctc": {}}
 
@@ -74,7 +76,7 @@ def configured_tasks(hparams: dict, vocab=None) -> list[Task]:
                 if key in hparams:
                     options.setdefault(key, hparams[key])
             options.update(weight=alpha, vocab=vocab)
-        if cls is EmotionTask:
+        if issubclass(cls, EmotionTask):
             for key in ("class_weighting", "class_weighting_beta"):
                 if key in hparams:
                     options.setdefault(key, hparams[key])
@@ -86,6 +88,8 @@ def configured_tasks(hparams: dict, vocab=None) -> list[Task]:
         raise ValueError(
             f"alpha = {alpha} but tasks has no ctc task: add `ctc: {{}}` or set --alpha=0"
         )
+    for task in tasks:
+        task.check_with(tasks)
     return tasks
 
 

@@ -5,7 +5,12 @@ A task's life in a run:
 
 - ``build_head(context)``: the head module (or None when the hparams file already holds it
   under ``head_module``, as the emotion and CTC heads); ``context`` is a `TaskContext`.
-- ``forward(head, hidden, lengths, layers)``: the head's output for a batch.
+- ``forward(head, hidden, lengths, layers)``: the head's output for a batch. The Brain
+  calls ``run(head, hidden, lengths, layers, inputs)``, which by default is ``forward``; a
+  task that reads more than the encoder's output (the batch, the stage, an earlier task's
+  output: the text view reads the CTC task's hypotheses) overrides ``run`` and reads the
+  `TaskInputs`. Tasks run in ascending ``order`` (0 by default; ties in the configured
+  order), so a task reading another's output sets a larger one.
 - ``targets(batch)``: a tuple of tensors ``[B, ...]`` (the first dimension the batch's), the
   last one a bool mask ``[B]`` of the utterances that have targets; augmented copies of a
   batch get them replicated.
@@ -46,6 +51,23 @@ class TaskContext:
     encoder_dim: int | None = None
     encoder_layers: int | None = None
     train_records: dict | None = None
+
+
+@dataclass
+class TaskInputs:
+    """What `Task.run` may read besides the encoder's output: ``batch`` (the padded batch,
+    with ``id``, ``wrd``, ...), ``stage`` (`speechbrain.Stage`), ``tasks`` (the run's
+    tasks), ``outputs`` (the outputs of the tasks run so far, by name), ``rows``
+    (``[B']`` long: each row's utterance index in the batch; B' > B when batch augmentation
+    added copies) and ``item_seeds`` (the training set's per-utterance draws,
+    `mtl_ser.data.pipelines.ItemSeeds`, or None)."""
+
+    batch: object
+    stage: object
+    tasks: list
+    outputs: dict
+    rows: torch.Tensor
+    item_seeds: object = None
 
 
 def batch_column(batch, column: str) -> list[str]:
@@ -117,6 +139,10 @@ class Task:
     def build_head(self, context: TaskContext) -> torch.nn.Module | None:
         return None
 
+    def check_with(self, tasks: list) -> None:
+        """Raises ValueError when the task cannot run beside the configured ``tasks`` (e.g.
+        a task reading another's output that is not configured)."""
+
     def check_head(self, head: torch.nn.Module) -> None:
         """Raises ValueError when ``head`` does not fit the task (e.g. its output size)."""
 
@@ -124,10 +150,18 @@ class Task:
         """Top-level results.json keys of the task's settings ({} by default)."""
         return {}
 
+    # Tasks run in ascending order (`run`): larger for a task reading another's output.
+    order = 0
+
     def forward(self, head, hidden: torch.Tensor, lengths: torch.Tensor, layers):
         """Args: hidden ``[B, T, D]`` (after the shared dropout); lengths ``[B]`` frames;
         layers: the encoder's hidden layers or None."""
         raise NotImplementedError
+
+    def run(self, head, hidden, lengths, layers, inputs: TaskInputs):
+        """What the Brain calls: `forward` (args as there); ``inputs`` (`TaskInputs`) for a
+        task that reads the batch or earlier tasks' outputs."""
+        return self.forward(head, hidden, lengths, layers)
 
     def targets(self, batch) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
