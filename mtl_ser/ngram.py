@@ -208,6 +208,12 @@ class ArpaModel:
         return "char" if all(len(w) == 1 for w in self.words if w not in special) else "word"
 
 
+def is_arpa_file(path: str | Path) -> bool:
+    """Whether ``path`` starts like an ARPA file (`mtl-ser lm build` may replace it)."""
+    with open(path, "rb") as f:
+        return f.read(64).lstrip().startswith(b"\\data\\")
+
+
 def build_lm(
     manifest: str | Path,
     output: str | Path,

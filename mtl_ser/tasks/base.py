@@ -129,6 +129,10 @@ class Task:
     def loss(self, output, targets: tuple, frame_lens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def start_stage(self, stage) -> None:
+        """Called when a stage (``sb.Stage``) starts, before any batch (e.g. the CTC task
+        adds its beam decoder at the test pass). Nothing by default."""
+
     def prediction_fields(self, output, targets: tuple, frame_lens: torch.Tensor) -> dict:
         """Arguments of `PredictionLog.add_batch` this task provides ({} for tasks with a
         `TaskLog`)."""
