@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from speechbrain.decoders.ctc import ctc_greedy_decode
 
-from mtl_ser.ngram import BOS, EOS, UNK, WORD_SEPARATOR
+from mtl_ser.ngram import BOS, EOS, UNK, WORD_SEPARATOR, lm_digest
 
 DECODINGS = ("greedy", "beam")
 # The hparams keys of a decoder and their defaults (greedy: today's results).
@@ -252,3 +252,55 @@ def configured_decoders(hparams: dict, vocab) -> list[CTCDecoder]:
     if config.ctc_decoding != "greedy":
         decoders.append(CTCDecoder(config, vocab))
     return decoders
+
+
+def decoding_spec(config: DecoderConfig) -> dict | None:
+    """What a model spec records of the decoder (None for greedy): the settings, the LM's
+    absolute path and its digest (`decoder_from_spec` refuses a changed file)."""
+    if config.ctc_decoding == "greedy":
+        return None
+    spec = {
+        "ctc_decoding": config.ctc_decoding,
+        "beam_width": int(config.beam_width),
+        "lm_weight": float(config.lm_weight),
+        "word_score": float(config.word_score),
+        "lm": None,
+        "lm_digest": None,
+    }
+    if config.lm_path:
+        spec.update(lm=str(Path(config.lm_path).resolve()), lm_digest=lm_digest(config.lm_path))
+    return spec
+
+
+def decoder_from_spec(spec: dict | None, folder: str | Path, vocab) -> CTCDecoder:
+    """The decoder a model spec records (greedy when ``spec`` is None).
+
+    Args: spec (`decoding_spec`; an exported model's ``lm`` is a file name inside
+    ``folder``); folder the model's folder; vocab its `CharVocabulary`.
+
+    Raises ValueError naming the LM file when it is missing or not the file the model was
+    tested with (its digest differs).
+    """
+    if spec is None:
+        return CTCDecoder(DecoderConfig(), vocab)
+    lm = spec.get("lm")
+    if lm is not None:
+        lm = Path(folder) / lm  # an absolute path stays as it is
+        if not lm.is_file():
+            raise ValueError(
+                f"{folder}: this model decodes with the language model {lm}, which is "
+                "missing; put it back, or export the run again (the export carries it)"
+            )
+        if lm_digest(lm) != spec["lm_digest"]:
+            raise ValueError(
+                f"{lm} is not the language model this model was tested with (its digest "
+                f"differs from {spec['lm_digest']}); restore that file"
+            )
+    config = DecoderConfig(
+        spec["ctc_decoding"],
+        spec["beam_width"],
+        None if lm is None else str(lm),
+        spec["lm_weight"],
+        spec["word_score"],
+    )
+    return CTCDecoder(config, vocab)

@@ -208,6 +208,13 @@ class ArpaModel:
         return "char" if all(len(w) == 1 for w in self.words if w not in special) else "word"
 
 
+def lm_digest(path: str | Path) -> str:
+    """16 hex characters of a language model file's bytes (where it lies does not count)."""
+    from mtl_ser.data.fingerprint import file_digest
+
+    return file_digest(path)[:16]
+
+
 def is_arpa_file(path: str | Path) -> bool:
     """Whether ``path`` starts like an ARPA file (`mtl-ser lm build` may replace it)."""
     with open(path, "rb") as f:

@@ -282,7 +282,9 @@ def data_values(hparams: dict) -> dict:
             hparams["encoder_source"], hparams.get("wav2vec2_cache")
         )
     if hparams.get("lm_path"):
-        values["lm_digest"] = file_digest(hparams["lm_path"])[:16]
+        from mtl_ser.ngram import lm_digest
+
+        values["lm_digest"] = lm_digest(hparams["lm_path"])
     return values
 
 

@@ -149,6 +149,11 @@ class Task:
         """The task's settings for results.json."""
         return {"kind": type(self).__name__, "weight": self.weight}
 
+    def model_spec_entries(self) -> dict:
+        """Top-level model_spec.json keys the task adds (e.g. the CTC task's ``decoding``);
+        {} by default."""
+        return {}
+
     def export_info(self) -> dict | None:
         """What predict needs besides the head (classes, dimension names), or None for a
         task that export does not carry beyond the model spec's own keys."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import speechbrain as sb
 import torch
 
-from mtl_ser.decoding import CTCDecoder, DecoderConfig, greedy_decode
+from mtl_ser.decoding import CTCDecoder, DecoderConfig, decoding_spec, greedy_decode
 from mtl_ser.models.objective import MultiTaskObjective
 from mtl_ser.tasks.base import Task
 
@@ -96,6 +96,11 @@ class CTCTask(Task):
         out = {k: metrics[k] for k in names}
         out.update({k: v for k, v in metrics.items() if k.startswith(("wer_", "cer_"))})
         return out
+
+    def model_spec_entries(self):
+        # predict / evaluate transcribe with the configured decoder (greedy: nothing added).
+        spec = decoding_spec(self.decoding)
+        return {} if spec is None else {"decoding": spec}
 
     def describe(self):
         return {

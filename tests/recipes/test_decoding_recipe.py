@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
+
 from mtl_ser.data.prepare import prepare_iemocap
 from mtl_ser.ngram import build_lm
 from tests.recipes.helpers import read_json, run_recipe
@@ -49,3 +51,24 @@ def test_a_beam_lm_run_reports_greedy_and_beam_lm_side_by_side(demo_corpus, tmp_
     # Validation stays greedy: the epoch log has no beam metric.
     epoch = json.loads((out / "epoch_log.jsonl").read_text().splitlines()[0])
     assert epoch["valid_wer"] is not None and not any("beam" in key for key in epoch)
+
+    # predict and evaluate transcribe with the run's decoder; export carries the LM.
+    from mtl_ser.data.manifest import load_manifest
+    from mtl_ser.evaluate import evaluate
+    from mtl_ser.export import export_run
+    from mtl_ser.inference import load_model
+
+    exported = export_run(out, tmp_path / "export")
+    assert (exported / "lm.arpa").read_bytes() == lm.read_bytes()
+    evaluated = evaluate(exported, paths["test"], tmp_path / "eval", verbose=False)
+    assert evaluated["wer"] == results["wer"]  # greedy, as the test pass
+    assert evaluated["wer_beam_lm"] == results["wer_beam_lm"]
+    first = rows[0]
+    wav = load_manifest(paths["test"], demo_corpus)[first["id"]]["wav"]
+    prediction = load_model(exported, window=float("inf")).predict(wav)
+    assert prediction.transcript == first["hypothesis_beam_lm"]
+    assert prediction.greedy_transcript == first["hypothesis"]
+    # The run folder reads the LM where it was: a changed file is refused, by name.
+    lm.write_text(lm.read_text().replace("\\end\\", "\\end\\\n"))
+    with pytest.raises(ValueError, match="not the language model this model was tested with"):
+        load_model(out)
