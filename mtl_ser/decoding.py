@@ -194,10 +194,11 @@ class CTCDecoder:
         """A temporary lexicon file of the LM's words spelled in the vocabulary (the decoder
         reads it when it is built). Returns its path."""
         known = set(self.vocab.characters[1:]) - {" "}
+        # Spelled without a trailing "|": the CTC head emits no space after an utterance's
+        # last word (with one, a hypothesis could only end on a boundary it never emits,
+        # and flashlight 0.0.7 then picks among near-equal bad paths unpredictably).
         lines = [
-            f"{w}\t{' '.join(w)} {WORD_SEPARATOR}"
-            for w in words
-            if w not in (BOS, EOS, UNK) and set(w) <= known
+            f"{w}\t{' '.join(w)}" for w in words if w not in (BOS, EOS, UNK) and set(w) <= known
         ]
         if not lines:
             raise ValueError(

@@ -65,10 +65,16 @@ def test_beam_with_the_lm_corrects_what_greedy_gets_wrong(char_lm):
 
 
 def test_a_word_lm_decodes_with_a_lexicon_of_its_words(tmp_path):
+    # Several decoders: a lexicon that made the result depend on the run would show.
     manifest = write_manifest(tmp_path / "train.json", SENTENCES)
     build_lm(manifest, tmp_path / "word.arpa", order=2, unit="word", progress=False)
-    decoder = CTCDecoder(DecoderConfig("beam", 10, str(tmp_path / "word.arpa"), 1.0), VOCAB)
-    assert decoder(COT_OR_CAT, torch.tensor([5])) == ["CAT"]
+    two_words = emissions(
+        [{"A": 0.9}, {" ": 0.9}, {"C": 0.9}, {"O": 0.55, "A": 0.44}, {"T": 0.9}, {"T": 0.9}]
+    )
+    for _ in range(5):
+        decoder = CTCDecoder(DecoderConfig("beam", 10, str(tmp_path / "word.arpa"), 1.0), VOCAB)
+        assert decoder(COT_OR_CAT, torch.tensor([5])) == ["CAT"]
+        assert decoder(two_words, torch.tensor([6])) == ["A CAT"]
 
 
 def test_beam_decodes_a_padded_batch_within_each_length(char_lm):
@@ -128,3 +134,43 @@ def test_decoder_settings_that_cannot_work_are_refused(tmp_path, char_lm):
     assert [d.name for d in configured_decoders({}, VOCAB)] == ["greedy"]
     hparams = {"ctc_decoding": "beam", "lm_path": str(char_lm)}
     assert [d.name for d in configured_decoders(hparams, VOCAB)] == ["greedy", "beam_lm"]
+
+
+def test_prediction_log_scores_each_decoder_beside_greedy(tmp_path):
+    from mtl_ser.results import PredictionLog
+
+    log = PredictionLog(("neu", "hap"))
+    log.add_batch(
+        ["a", "b"],
+        torch.zeros(2, 2),
+        torch.tensor([0, 1]),
+        ["THE CAT", "A MAT"],
+        hypotheses=["THE COT", "A MAT"],
+        has_text=[True, True],
+        scripted=[False, True],
+        decoded={"beam_lm": ["THE CAT", "A MAT"]},
+    )
+    metrics = log.metrics()
+    assert metrics["wer"] == 0.25 and metrics["wer_beam_lm"] == 0.0  # greedy keeps "wer"
+    assert metrics["wer_improvised"] == 0.5 and metrics["wer_beam_lm_improvised"] == 0.0
+    assert metrics["cer_beam_lm"] == 0.0 and metrics["cer"] > 0
+    log.write_csv(tmp_path / "p.csv")
+    header, first = (tmp_path / "p.csv").read_text().splitlines()[:2]
+    assert "hypothesis,hypothesis_beam_lm,has_text" in header
+    assert "THE COT,THE CAT,True" in first
+
+
+def test_the_setting_counts_the_lm_bytes_not_its_path(tmp_path, char_lm):
+    from mtl_ser.settings import IGNORED_KEYS, data_values
+
+    for split in ("train", "valid", "test"):
+        (tmp_path / f"{split}.json").write_text("{}")
+    hparams = {f"{s}_annotation": str(tmp_path / f"{s}.json") for s in ("train", "valid", "test")}
+    assert "lm_digest" not in data_values(hparams)
+    moved = tmp_path / "elsewhere.arpa"
+    moved.write_bytes(char_lm.read_bytes())
+    first = data_values({**hparams, "lm_path": str(char_lm)})["lm_digest"]
+    assert data_values({**hparams, "lm_path": str(moved)})["lm_digest"] == first
+    moved.write_text(moved.read_text().replace("\\end\\", "\\end\\\n"))
+    assert data_values({**hparams, "lm_path": str(moved)})["lm_digest"] != first
+    assert "lm_path" in IGNORED_KEYS
