@@ -313,7 +313,8 @@ def model_card(model: LoadedModel, spec: dict, usage: list[str] | None = None) -
     (default: how to use it with mtl_ser)."""
     results = model.info["results"] or {}
     has_ctc = "ctc_head" in model.modules
-    decoding = spec.get("decoding") or {}
+    # Only this format carries the beam decoder and its LM (ONNX / HF exports: greedy).
+    decoding = (spec.get("decoding") or {}) if usage is None else {}
     how = "beam search" + (" with an n-gram LM" if decoding.get("lm") else "")
     wer = results.get("wer")
     lines = [
