@@ -245,16 +245,6 @@ class _quiet_stdout:
             os.close(saved)
 
 
-def configured_decoders(hparams: dict, vocab) -> list[CTCDecoder]:
-    """The decoders a test pass scores: greedy, then the configured one when it is not
-    greedy. Raises ValueError naming the key for a bad setting."""
-    config = DecoderConfig.from_hparams(hparams)
-    decoders = [CTCDecoder(DecoderConfig(), vocab)]
-    if config.ctc_decoding != "greedy":
-        decoders.append(CTCDecoder(config, vocab))
-    return decoders
-
-
 def decoding_spec(config: DecoderConfig) -> dict | None:
     """What a model spec records of the decoder (None for greedy): the settings, the LM's
     absolute path and its digest (`decoder_from_spec` refuses a changed file)."""
