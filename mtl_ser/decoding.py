@@ -16,7 +16,8 @@ scored by the LM and ``word_score`` added at each ``|``; a word LM is decoded wi
 of its words spelled in the CTC vocabulary (words with other characters left out), and
 ``word_score`` added per word. A binary KenLM file is read as a character LM.
 
-Greedy decoding is `greedy_decode` (the CTC task's, predict's and the report's).
+Greedy decoding is `greedy_decode` (the CTC task's at every pass, and predict's and
+evaluate's through `CTCDecoder`).
 """
 
 from __future__ import annotations
