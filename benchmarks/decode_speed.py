@@ -3,12 +3,13 @@
 
 On the test utterances of LOSO fold 1 of the demo corpus (synthesised into a temporary
 folder unless given), the CTC log-probabilities of a model are computed once; then greedy
-decoding, beam search and beam search with a character 6-gram LM (built with `mtl-ser lm
-build` from the fold's training transcripts) decode them, and the utterances per second of
-the decoding alone are printed. The model is a random-weight tiny one unless ``--model``
-names a run or export folder: a random head's posteriors are flat, the hardest case for
-beam search (a trained head's are peaked, and beam search prunes more). Machines are
-shared and noisy: each decoder runs ``--rounds`` times and the fastest round is reported.
+decoding, beam search, and beam search with a character 6-gram LM and with a word 3-gram
+LM (built with `mtl-ser lm build` from the fold's training transcripts) decode them, and the
+utterances per second of the decoding alone are printed. The model is a random-weight tiny
+one unless ``--model`` names a run or export folder: a random head's posteriors are flat,
+the hardest case for beam search (a trained head's are peaked, and beam search prunes
+more). Machines are shared and noisy: each decoder runs ``--rounds`` times and the fastest
+round is reported.
 
     python benchmarks/decode_speed.py [--corpus data/demo_corpus] [--model RUN] [--beam 50]
 """
@@ -75,6 +76,7 @@ def main() -> None:
             synthesize_demo_corpus(corpus, progress=False)
         paths = prepare_iemocap(corpus, work / "manifests", verbose=False)
         build_lm(paths["train"], work / "lm.arpa", order=6, unit="char", progress=False)
+        build_lm(paths["train"], work / "word.arpa", order=3, unit="word", progress=False)
         model = load_model(args.model) if args.model else random_model()
         records = load_manifest(paths["test"], corpus)
         batches = ctc_outputs(model, [r["wav"] for r in records.values()], args.batch_size)
@@ -86,6 +88,9 @@ def main() -> None:
             f"beam {args.beam}": DecoderConfig("beam", args.beam),
             f"beam {args.beam} + char 6-gram LM": DecoderConfig(
                 "beam", args.beam, str(work / "lm.arpa"), args.lm_weight
+            ),
+            f"beam {args.beam} + word 3-gram LM": DecoderConfig(
+                "beam", args.beam, str(work / "word.arpa"), args.lm_weight
             ),
         }
         print(
