@@ -16,6 +16,10 @@ def test_a_beam_lm_run_reports_greedy_and_beam_lm_side_by_side(demo_corpus, tmp_
     paths = prepare_iemocap(demo_corpus, tmp_path / "manifests", verbose=False)
     lm = tmp_path / "lm.arpa"
     build_lm(paths["train"], lm, order=4, unit="char", progress=False)
+    # One epoch on 16 training utterances: the test pass, not the model, is under test.
+    train = dict(list(read_json(paths["train"]).items())[:16])
+    (tmp_path / "manifests/train_16.json").write_text(json.dumps(train))
+    paths = {**paths, "train": tmp_path / "manifests/train_16.json"}
     manifests = [f"--{split}_annotation={paths[split]}" for split in ("train", "valid", "test")]
     out = tmp_path / "run"
     decoding = ["--ctc_decoding=beam", "--beam_width=8", f"--lm_path={lm}", "--lm_weight=0.5"]
