@@ -31,6 +31,8 @@ setup(
         "matplotlib>=3.7",
         "safetensors>=0.4",
         "tqdm",
+        # ctc_decoding: beam (torchaudio's CTC decoder; the wheel bundles KenLM)
+        "flashlight-text>=0.0.7,<0.1",
         # The demo corpus synthesizer loads libespeak-ng from this wheel.
         "espeakng-loader>=0.2",
         # `mtl-ser sweep --launcher slurm`: jobs, arrays, requeue on pre-emption.

@@ -736,6 +736,8 @@ class EmotionBrain(sb.Brain):
         self.nonfinite_batches = 0
         self.nonfinite_steps = 0
         self.stage_start_step = self.optimizer_step
+        for task in self.tasks:
+            task.start_stage(stage)
         self.predictions = PredictionLog(
             self.labels, task_logs={t.name: t.new_log() for t in self.tasks if t.new_log()}
         )

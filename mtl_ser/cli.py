@@ -11,6 +11,7 @@ mtl-ser sweep --status OUT
 mtl-ser report FOLDERS... [--output-folder O] [--group-columns speaker,gender,...]
     [--baseline alpha=0] [--paired-metrics emotion/ua,...] [--ablation-metrics emotion/ua,...]
     [--wer-bins 0.25,0.5] [--wer-bins-hypothesis hypothesis]
+mtl-ser lm build --manifest PREPARED/train.json --order N --unit char|word --output lm.arpa
 """
 
 from __future__ import annotations
@@ -271,6 +272,37 @@ def _sweep(args) -> int:
     return sweep_main(args.argv)
 
 
+def _lm_build(args) -> None:
+    from mtl_ser.atomic import check_file
+    from mtl_ser.ngram import build_lm, is_arpa_file
+
+    check_file(args.output, is_arpa_file, args.overwrite)
+    facts = build_lm(args.manifest, args.output, args.order, args.unit)
+    print(
+        f"{facts['sentences']} transcripts, {facts['tokens']} {args.unit} tokens -> "
+        f"{args.order}-gram model ({', '.join(map(str, facts['ngrams']))} n-grams per order) "
+        f"written to {facts['output']}"
+    )
+
+
+def _add_lm(subparsers) -> None:
+    lm = subparsers.add_parser("lm", help="n-gram language models for CTC beam search")
+    commands = lm.add_subparsers(dest="lm_command", required=True)
+    build = commands.add_parser(
+        "build", help="an ARPA n-gram model (interpolated Kneser-Ney) of training transcripts"
+    )
+    build.add_argument(
+        "--manifest", required=True, help="the TRAINING manifest (train.json of a prepared folder)"
+    )
+    build.add_argument("--order", type=_positive_int, default=6, help="n-gram order (default 6)")
+    build.add_argument("--unit", choices=("char", "word"), default="char")
+    build.add_argument("--output", required=True, help="the ARPA file to write")
+    build.add_argument(
+        "--overwrite", action="store_true", help="replace a file that is not an ARPA file"
+    )
+    build.set_defaults(func=_lm_build)
+
+
 def _report(args) -> None:
     from mtl_ser.report import write_report
 
@@ -298,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo_data)
     _add_inference(subparsers)
     _add_evaluate(subparsers)
+    _add_lm(subparsers)
 
     # The sweep parses its own options: argparse sub-commands cannot pass on what follows `--`.
     sweep = subparsers.add_parser(

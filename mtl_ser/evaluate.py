@@ -201,6 +201,11 @@ def _set_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "set"
 
 
+def _greedy(prediction, beam: bool) -> str:
+    """A prediction's greedy transcript (its ``transcript`` unless decoded by beam search)."""
+    return (prediction.greedy_transcript if beam else prediction.transcript) or ""
+
+
 def evaluate(
     model_path: str | Path,
     data: str | Path,
@@ -269,6 +274,9 @@ def evaluate(
     items = [i for i in items if i["label"] in mapping]
 
     log = PredictionLog(model_labels)
+    # A model tested with beam search: greedy's wer / cer and the beam decoder's beside them
+    # (wer_beam, wer_beam_lm), as at the run's test pass.
+    beam = recognizer.decoder is not None and recognizer.decoder.name != "greedy"
     with Progress("scoring", total=len(items), unit="utterance", enabled=verbose) as bar:
         for start in range(0, len(items), CHUNK):
             chunk = items[start : start + CHUNK]
@@ -289,10 +297,15 @@ def evaluate(
                 torch.log(probs.clamp_min(1e-12)) * recognizer.model.temperature,
                 torch.tensor([model_labels.index(mapping[i["label"]]) for i, _ in done]),
                 [i["wrd"] for i, _ in done],
-                None if not recognizer.has_ctc else [p.transcript or "" for _, p in done],
+                None if not recognizer.has_ctc else [_greedy(p, beam) for _, p in done],
                 [i["has_text"] for i, _ in done],
                 [i["scripted"] for i, _ in done],
                 speakers=[i.get("speaker") for i, _ in done],
+                decoded=(
+                    {recognizer.decoder.name: [p.transcript or "" for _, p in done]}
+                    if beam
+                    else None
+                ),
             )
     if errors and on_error == "fail":
         raise ValueError(

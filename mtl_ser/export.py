@@ -10,6 +10,7 @@ writes a folder that loads without the training YAML, the data or the network::
 
     mtl_ser_model.json     the spec + provenance (run identity, checkpoint epoch, metrics)
     encoder.safetensors  emotion_head.safetensors  [ctc_head.safetensors]
+    [lm.arpa | lm.bin]     the beam decoder's language model (runs with ``lm_path``)
     encoder_config.json    the encoder's constructor arguments (for wav2vec2: its HF config)
     vocab.json  labels.json
     README.md              model card
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +82,8 @@ def write_model_spec(
         "sample_rate": SAMPLE_RATE,
         "channels": "mean",  # multi-channel input is averaged to mono
     }
+    for task in tasks:
+        spec.update(task.model_spec_entries())  # e.g. the CTC decoder's settings and LM
     exported = {
         t.name: {**t.export_info(), "head": t.head_module} for t in tasks if t.export_info()
     }
@@ -115,6 +119,14 @@ class LoadedModel:
     sample_rate: int
     info: dict  # provenance: run identity, metrics, checkpoint epoch
     spec: dict | None = None  # the model_spec.json it was built from
+    folder: Path | None = None  # the run or export folder (an exported LM lies in it)
+
+    def decoder(self):
+        """The CTC decoder the model was tested with (`mtl_ser.decoding.decoder_from_spec`:
+        greedy unless the spec records a beam decoder)."""
+        from mtl_ser.decoding import decoder_from_spec
+
+        return decoder_from_spec((self.spec or {}).get("decoding"), self.folder, self.vocab)
 
     @property
     def temperature(self) -> float:
@@ -122,7 +134,9 @@ class LoadedModel:
         return float((self.spec or {}).get("temperature", 1.0))
 
 
-def _from_spec(spec: dict, state_dicts: dict[str, dict], info: dict) -> LoadedModel:
+def _from_spec(
+    spec: dict, state_dicts: dict[str, dict], info: dict, folder: Path | None = None
+) -> LoadedModel:
     """Builds every module of a validated ``spec``, loads its weights and wraps them with
     the spec's labels, vocabulary and audio settings."""
     modules = {}
@@ -137,6 +151,7 @@ def _from_spec(spec: dict, state_dicts: dict[str, dict], info: dict) -> LoadedMo
         sample_rate=spec["sample_rate"],
         info=info,
         spec=spec,
+        folder=folder,
     )
 
 
@@ -213,7 +228,7 @@ def load_run(run_folder: str | Path) -> LoadedModel:
         "valid_ua": checkpoint.meta.get("UA"),
         "results": results,
     }
-    return _from_spec(spec, state_dicts, info)
+    return _from_spec(spec, state_dicts, info, run)
 
 
 def load_exported(folder: str | Path) -> LoadedModel:
@@ -225,7 +240,7 @@ def load_exported(folder: str | Path) -> LoadedModel:
         raise ValueError(f"{folder / EXPORT_FILE}: expected exactly the keys spec and info")
     spec = validate_spec(meta["spec"], folder / EXPORT_FILE)
     state_dicts = {name: load_tensors(folder / f"{name}.safetensors") for name in spec["modules"]}
-    return _from_spec(spec, state_dicts, meta["info"])
+    return _from_spec(spec, state_dicts, meta["info"], folder)
 
 
 def export_owner(run_folder: str | Path, export_format: str) -> dict:
@@ -268,7 +283,13 @@ def export_run(run_folder: str | Path, out_dir: str | Path, overwrite: bool = Fa
 
 def _write_export(model: LoadedModel, out: Path) -> None:
     """Writes the files of an export of ``model`` into the (empty) folder ``out``."""
-    spec = model.spec
+    spec = dict(model.spec)
+    decoding = spec.get("decoding")
+    if decoding and decoding.get("lm"):
+        # The LM travels with the model (checked against the digest the run recorded).
+        lm = Path(model.decoder().config.lm_path)
+        spec["decoding"] = {**decoding, "lm": f"lm{lm.suffix or '.bin'}"}
+        shutil.copyfile(lm, out / spec["decoding"]["lm"])
     for name, module in model.modules.items():
         tensors = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
         save_file(tensors, str(out / f"{name}.safetensors"))
@@ -292,12 +313,19 @@ def model_card(model: LoadedModel, spec: dict, usage: list[str] | None = None) -
     (default: how to use it with mtl_ser)."""
     results = model.info["results"] or {}
     has_ctc = "ctc_head" in model.modules
+    # Only this format carries the beam decoder and its LM (ONNX / HF exports: greedy).
+    decoding = (spec.get("decoding") or {}) if usage is None else {}
+    how = "beam search" + (" with an n-gram LM" if decoding.get("lm") else "")
     wer = results.get("wer")
     lines = [
         f"# mtl-ser model: {results.get('recipe', '?')} (alpha = {results.get('alpha', '?')})",
         "",
         "Speech emotion recognition"
-        + (" with a CTC character head (greedy transcripts)" if has_ctc else "")
+        + (
+            f" with a CTC character head ({how if decoding else 'greedy'} transcripts)"
+            if has_ctc
+            else ""
+        )
         + ", trained with mtl-ser.",
         "",
         "| | |",

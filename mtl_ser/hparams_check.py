@@ -26,6 +26,7 @@ from mtl_ser.data.encoder_cache import cache_kind
 from mtl_ser.data.feature_cache import DTYPES
 from mtl_ser.data.pipelines import EVAL_ORDERS, SORTINGS
 from mtl_ser.data.protocols import PROTOCOL_FOLDS
+from mtl_ser.decoding import DECODINGS
 from mtl_ser.groups import check_columns
 from mtl_ser.models import whisper
 from mtl_ser.models.backbones import backbone_of
@@ -152,6 +153,10 @@ RULES: dict[str, Rule] = {
     "ctc_reduction": choice(*CTC_REDUCTIONS),
     "ctc_sum_utterances": integer(1),
     "ctc_zero_infinity": boolean,
+    "ctc_decoding": choice(*DECODINGS),
+    "beam_width": integer(1),
+    "lm_weight": number(0.0),
+    "word_score": number(-math.inf),
     "head_dropout": number(0.0, 1.0),
     "mask_time_prob": number(0.0, 1.0),
     "freeze_encoder": boolean,

@@ -3,7 +3,8 @@
 A recording longer than the window (default 8 s) is cut into equal windows of at most that
 length, scored independently (as training utterances were); the overall emotion is the
 duration-weighted mean of the window probabilities and the transcript joins the windows'
-greedy CTC transcripts (a word straddling a window boundary may come out split).
+CTC transcripts (a word straddling a window boundary may come out split), decoded as the run
+was tested (`mtl_ser.decoding`: greedy, or beam search with the run's language model).
 
 Waveforms given to the Python API are ``[time]`` or ``[channels, time]`` (channels first, at
 most `MAX_CHANNELS`); a ``[batch, time]`` array of recordings goes to `predict_batch`.
@@ -16,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from speechbrain.decoders.ctc import ctc_greedy_decode
 from tqdm import tqdm
 
 from mtl_ser.data.audio import load_audio, require_finite, to_mono_rate
+from mtl_ser.decoding import CTCDecoder, DecoderConfig
 from mtl_ser.export import EXPORT_FILE, SPEC_FILE, LoadedModel, load_exported, load_run
 from mtl_ser.models.masking import lengths_to_mask, masked_mean
 from mtl_ser.prediction_types import (  # noqa: F401  (AUDIO_EXTENSIONS: part of this API)
@@ -56,6 +57,13 @@ class EmotionRecognizer:
         self.device = torch.device(device)
         self.modules = {name: m.to(self.device).eval() for name, m in model.modules.items()}
         self.has_ctc = "ctc_head" in self.modules
+        # The run's decoder (greedy, or beam search with its LM, loaded once).
+        self.decoder = model.decoder() if self.has_ctc else None
+        self._greedy = (
+            None
+            if self.decoder is None or self.decoder.name == "greedy"
+            else (CTCDecoder(DecoderConfig(), model.vocab))
+        )
         # The exported tasks besides emotion / CTC (shipped kinds only: nothing is imported
         # by a name read from a model file).
         spec_tasks = (model.spec or {}).get("tasks", {})
@@ -212,7 +220,9 @@ class EmotionRecognizer:
         self, waveforms: list[torch.Tensor], names: list, batch_size: int, progress=False
     ) -> list[Prediction]:
         segments, owner = self._segments(waveforms)
-        probs, transcripts, frames, task_values = self._score(segments, batch_size, progress)
+        probs, transcripts, greedy, frames, task_values = self._score(
+            segments, batch_size, progress
+        )
         rate = self.model.sample_rate
         per_file: list[list[int]] = [[] for _ in waveforms]
         for s, (i, _, _) in enumerate(owner):
@@ -240,9 +250,11 @@ class EmotionRecognizer:
                 )
                 for s in segment_ids
             ]
-            text = None
+            text = greedy_text = None
             if transcripts is not None:
                 text = " ".join(t for t in (transcripts[s] for s in segment_ids) if t)
+            if greedy is not None:
+                greedy_text = " ".join(t for t in (greedy[s] for s in segment_ids) if t)
             out.append(
                 Prediction(
                     path=name,
@@ -252,6 +264,7 @@ class EmotionRecognizer:
                     duration=duration,
                     windows=windows,
                     tasks=tasks,
+                    greedy_transcript=greedy_text,
                 )
             )
         return out
@@ -294,14 +307,16 @@ class EmotionRecognizer:
     def _score(self, segments: list[torch.Tensor], batch_size: int, progress):
         """Runs the model on segments.
 
-        Returns: (probabilities ``[N, C]``, transcripts or None, frame counts ``[N]``,
-        ``{task: [N, K] values}`` of the other exported tasks).
+        Returns: (probabilities ``[N, C]``, transcripts or None (the model's decoder),
+        greedy transcripts (None unless that decoder is a beam search), frame counts
+        ``[N]``, ``{task: [N, K] values}`` of the other exported tasks).
         """
         n = len(segments)
         lengths = torch.tensor([s.shape[0] for s in segments])
         frames = self.modules["encoder"].output_lengths(lengths)
         probs = torch.zeros(n, len(self.labels))
         transcripts = [""] * n if self.has_ctc else None
+        greedy = [""] * n if self._greedy is not None else None
         task_values = {}
         head = self.modules["emotion_head"]
         if head.reads_text and not self.has_ctc:
@@ -311,13 +326,15 @@ class EmotionRecognizer:
         for batch, enc in self._encoded_batches(segments, batch_size, progress, "scoring"):
             if self.has_ctc:
                 log_probs = self.modules["ctc_head"](enc.hidden, enc.layers)
-                rel_frames = enc.lengths.float() / log_probs.shape[1]
-                blank = self.model.vocab.blank_index
-                ids = ctc_greedy_decode(log_probs, rel_frames, blank_id=blank)
-                for s, seq in zip(batch, ids, strict=True):
-                    transcripts[s] = self.model.vocab.decode(seq)
-            # A text-fusion head reads the model's own transcript (no reference here).
-            texts = {"texts": [transcripts[s] for s in batch]} if head.reads_text else {}
+                for s, text in zip(batch, self.decoder(log_probs, enc.lengths), strict=True):
+                    transcripts[s] = text
+                if greedy is not None:
+                    for s, text in zip(batch, self._greedy(log_probs, enc.lengths), strict=True):
+                        greedy[s] = text
+            # A text-fusion head reads the model's own greedy transcript, as in training and
+            # in the run's test pass (no reference here).
+            read = transcripts if greedy is None else greedy
+            texts = {"texts": [read[s] for s in batch]} if head.reads_text else {}
             logits = head(enc.hidden, enc.lengths, enc.layers, **texts)
             # Temperature scaling fitted on validation (1 without calibration).
             probs[batch] = torch.softmax(logits.float() / self.model.temperature, dim=-1).cpu()
@@ -327,7 +344,7 @@ class EmotionRecognizer:
                 if task_name not in task_values:
                     task_values[task_name] = torch.zeros(n, values.shape[1])
                 task_values[task_name][batch] = values
-        return probs, transcripts, frames.cpu(), task_values
+        return probs, transcripts, greedy, frames.cpu(), task_values
 
     def _pool(self, enc, layer) -> torch.Tensor:
         """Utterance vectors ``[B, D]`` of an encoded batch for `embed`'s ``layer``."""

@@ -353,6 +353,30 @@ def _bad(key, value):
     raise SpecError(f"{key} is not a task head's name: {value!r}")
 
 
+def _lm_file(value, key):
+    """The LM's path: a file name inside an export, or an absolute path (a run folder)."""
+    if not isinstance(value, str) or not (Path(value).is_absolute() or "/" not in value):
+        raise SpecError(f"{key} must be a file name or an absolute path, not {value!r}")
+    if value in ("", ".", "..") or value.startswith("."):
+        raise SpecError(f"{key} must be a file name or an absolute path, not {value!r}")
+    return value
+
+
+def _hex16(value, key):
+    if not (isinstance(value, str) and len(value) == 16 and set(value) <= set("0123456789abcdef")):
+        raise SpecError(f"{key} must be 16 hex characters, not {value!r}")
+    return value
+
+
+_DECODING = {
+    "ctc_decoding": _choice(("beam",)),
+    "beam_width": _int,
+    "lm_weight": lambda v, k: _float(v, k, 0.0, 1e3),
+    "word_score": lambda v, k: _float(v, k, -1e3, 1e3),
+    "lm": _optional(_lm_file),
+    "lm_digest": _optional(_hex16),
+}
+
 _SPEC = {
     "format": _choice((SPEC_FORMAT,)),
     "modules": _module_specs,
@@ -364,8 +388,10 @@ _SPEC = {
     # Optional: the emotion logits are divided by it (temperature scaling fitted on
     # validation, `mtl_ser.calibration`).
     "temperature": lambda v, k: _float(v, k, 1e-3, 1e3),
+    # Optional: the CTC beam decoder predict and evaluate use (`mtl_ser.decoding`).
+    "decoding": lambda v, k: _mapping(v, k, _DECODING, tuple(_DECODING)),
 }
-_OPTIONAL_SPEC_KEYS = ("temperature", "tasks")
+_OPTIONAL_SPEC_KEYS = ("temperature", "tasks", "decoding")
 
 
 def validate_spec(spec, source: str | Path) -> dict:

@@ -44,6 +44,9 @@ class Prediction:
     # The other tasks' predictions by task name (A/V/D values, a speaker attribute's label
     # and probabilities), over the whole recording.
     tasks: dict = field(default_factory=dict)
+    # The greedy CTC transcript when ``transcript`` comes from a beam decoder (the model's
+    # ``ctc_decoding: beam``; evaluate scores both); None otherwise.
+    greedy_transcript: str | None = None
 
 
 @dataclass

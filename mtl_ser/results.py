@@ -54,6 +54,9 @@ class Prediction:
     has_text: bool
     scripted: bool | None
     speaker: str | None = None  # the test speaker (the report's bootstrap resamples them)
+    # Other CTC decoders' outputs by decoder name (the test pass's beam search, e.g.
+    # {"beam_lm": "..."}; empty with greedy decoding only).
+    decoded: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -81,10 +84,12 @@ class PredictionLog:
         has_text: list[bool] = (),
         scripted: list = (),
         speakers: list | None = None,
+        decoded: dict[str, list[str]] | None = None,
     ) -> None:
         """Adds a batch: emotion logits ``[B, C]`` and targets ``[B]``, the transcripts,
-        the greedy CTC ``hypotheses`` (None without CTC), and per-utterance flags
-        (``speakers`` None when unknown)."""
+        the greedy CTC ``hypotheses`` (None without CTC), per-utterance flags
+        (``speakers`` None when unknown), and ``decoded``: other decoders' hypotheses by
+        decoder name (``{"beam_lm": [B strings]}``; None: greedy only)."""
         probs = torch.softmax(logits.detach().float(), dim=-1).cpu()
         self.logits.extend(logits.detach().float().cpu().numpy())
         for i, utt in enumerate(ids):
@@ -99,13 +104,17 @@ class PredictionLog:
                     has_text=bool(has_text[i]),
                     scripted=scripted[i],
                     speaker=None if speakers is None else speakers[i],
+                    decoded={name: texts[i] for name, texts in (decoded or {}).items()},
                 )
             )
 
     def metrics(self) -> dict:
         """WA / UA / macro-F1 / confusion over all rows; WER / CER over the rows with text,
         also over improvised (unscripted) rows only (scripted sentences recur across
-        sessions, so their WER flatters the model). Error rates are None without CTC."""
+        sessions, so their WER flatters the model). Error rates are None without CTC.
+        Each other decoder of the rows (`Prediction.decoded`) adds ``wer_<decoder>`` /
+        ``cer_<decoder>`` (and their ``_improvised`` variants); ``wer`` / ``cer`` are
+        greedy's."""
         out = classification_metrics(
             [r.true for r in self.rows], [r.predicted for r in self.rows], self.labels
         )
@@ -124,26 +133,41 @@ class PredictionLog:
             out["wer" + suffix] = rates.get("wer")
             out["cer" + suffix] = rates.get("cer")
             out["num_wer_utterances" + suffix] = len(subset) if has_ctc else 0
+            for name in self.decoders:
+                rates = error_rates(
+                    [r.reference for r in subset], [r.decoded[name] for r in subset]
+                )
+                out[f"wer_{name}{suffix}"] = rates.get("wer")
+                out[f"cer_{name}{suffix}"] = rates.get("cer")
         if self.task_logs:
             out["by_task"] = {name: log.metrics() for name, log in self.task_logs.items()}
         return out
 
+    @property
+    def decoders(self) -> list[str]:
+        """The names of the rows' other CTC decoders (`Prediction.decoded`)."""
+        return list(self.rows[0].decoded) if self.rows else []
+
     def write_csv(self, path: str | Path) -> None:
         """Writes one row per utterance: id, true, predicted, p_<class>..., reference,
-        hypothesis, has_text, scripted, speaker (empty when unknown), then the group columns
-        not among those (e.g. gender; empty when unknown)."""
+        hypothesis (greedy), hypothesis_<decoder> per other decoder, has_text, scripted,
+        speaker (empty when unknown), then the group columns not among those (e.g. gender;
+        empty when unknown)."""
         extra = [c for c in self.groups if c not in ("scripted", "speaker")]
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(
                 ["id", "true", "predicted", *(f"p_{c}" for c in self.labels)]
-                + ["reference", "hypothesis", "has_text", "scripted", "speaker", *extra]
+                + ["reference", "hypothesis", *(f"hypothesis_{n}" for n in self.decoders)]
+                + ["has_text", "scripted", "speaker", *extra]
                 + [f"{n}_{c}" for n, log in self.task_logs.items() for c in log.columns()]
             )
             for r in sorted(self.rows, key=lambda r: r.id):
                 writer.writerow(
                     [r.id, self.labels[r.true], self.labels[r.predicted], *r.probabilities]
-                    + [r.reference, "" if r.hypothesis is None else r.hypothesis, r.has_text]
+                    + [r.reference, "" if r.hypothesis is None else r.hypothesis]
+                    + [r.decoded[n] for n in self.decoders]
+                    + [r.has_text]
                     + ["" if r.scripted is None else r.scripted, r.speaker or ""]
                     + [self.groups[c].get(r.id) or "" for c in extra]
                     + [cell for log in self.task_logs.values() for cell in log.row(r.id)]

@@ -12,7 +12,9 @@ module, plus:
 - ``encoder_weights_digest``: a digest of the encoder checkpoint's weight and config files
   (None for ``random:<preset>`` encoders, which ``encoder_source`` and ``seed`` identify);
 - ``manifests_digest``: a digest of the train / valid / test manifests' bytes (the data the
-  run sees, wherever it lies on disk).
+  run sees, wherever it lies on disk);
+- ``lm_digest``: a digest of the beam decoder's language model file (``lm_path``), when
+  there is one (the test pass's ``wer_beam_lm`` depends on its bytes, not on where it lies).
 
 A key whose value holds an object (``!new:``, ``!name:``, ``!apply:``) is recorded by its
 definition as written (``!ref <key>`` kept by name), so it counts when a user replaces it
@@ -55,6 +57,7 @@ IGNORED_KEYS: dict[str, str] = {
     "test_annotation": "a manifest's path (manifests_digest counts its bytes)",
     "wav2vec2_cache": "where hub files are cached (encoder_weights_digest counts them)",
     "encoder_name": "the encoder's display name (encoder_source and its digest count)",
+    "lm_path": "where the decoder's language model lies (lm_digest counts its bytes)",
     "checkpointer": "where checkpoints are written",
     # Loader processes. With random crops or augmentation the draws of a given batch come
     # from another worker's generator, as they would after any restart: the distribution
@@ -265,8 +268,9 @@ def data_values(hparams: dict) -> dict:
         hparams: the loaded hparams (``*_annotation`` paths; ``encoder_source`` and
             ``wav2vec2_cache`` where the recipe has a pretrained encoder).
 
-    Returns: {"manifests_digest": ..., "encoder_weights_digest": ...} (the latter only when
-    the hparams have an ``encoder_source``).
+    Returns: {"manifests_digest": ..., "encoder_weights_digest": ..., "lm_digest": ...}
+    (the encoder's only when the hparams have an ``encoder_source``, the LM's only with an
+    ``lm_path``).
     """
     manifests = [Path(hparams[f"{s}_annotation"]) for s in ("train", "valid", "test")]
     sha = hashlib.sha256()
@@ -277,6 +281,10 @@ def data_values(hparams: dict) -> dict:
         values["encoder_weights_digest"] = encoder_weights_digest(
             hparams["encoder_source"], hparams.get("wav2vec2_cache")
         )
+    if hparams.get("lm_path"):
+        from mtl_ser.ngram import lm_digest
+
+        values["lm_digest"] = lm_digest(hparams["lm_path"])
     return values
 
 

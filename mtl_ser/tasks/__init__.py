@@ -19,6 +19,7 @@ import importlib
 import json
 from pathlib import Path
 
+from mtl_ser.decoding import DecoderConfig
 from mtl_ser.tasks.attribute import SpeakerAttributeTask
 from mtl_ser.tasks.base import Task, TaskContext, lower_is_better
 from mtl_ser.tasks.ctc import CTCTask
@@ -75,6 +76,8 @@ def configured_tasks(hparams: dict, vocab=None) -> list[Task]:
             for key in ("ctc_reduction", "ctc_sum_utterances", "ctc_zero_infinity"):
                 if key in hparams:
                     options.setdefault(key, hparams[key])
+            # The test pass's decoder (ctc_decoding, beam_width, lm_path, ...).
+            options.setdefault("decoding", DecoderConfig.from_hparams(hparams))
             options.update(weight=alpha, vocab=vocab)
         if issubclass(cls, EmotionTask):
             for key in ("class_weighting", "class_weighting_beta"):

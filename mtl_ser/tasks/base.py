@@ -169,6 +169,10 @@ class Task:
     def loss(self, output, targets: tuple, frame_lens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def start_stage(self, stage) -> None:
+        """Called when a stage (``sb.Stage``) starts, before any batch (e.g. the CTC task
+        adds its beam decoder at the test pass). Nothing by default."""
+
     def prediction_fields(self, output, targets: tuple, frame_lens: torch.Tensor) -> dict:
         """Arguments of `PredictionLog.add_batch` this task provides ({} for tasks with a
         `TaskLog`)."""
@@ -184,6 +188,11 @@ class Task:
     def describe(self) -> dict:
         """The task's settings for results.json."""
         return {"kind": type(self).__name__, "weight": self.weight}
+
+    def model_spec_entries(self) -> dict:
+        """Top-level model_spec.json keys the task adds (e.g. the CTC task's ``decoding``);
+        {} by default."""
+        return {}
 
     def export_info(self) -> dict | None:
         """What predict needs besides the head (classes, dimension names), or None for a

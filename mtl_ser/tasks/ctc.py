@@ -1,14 +1,16 @@
 """The CTC character task: today's CTC head (the hparams file's ``ctc_head``) and the CTC
 loss of `MultiTaskObjective` (its reduction, scale and per-utterance rule); its weight is
-``alpha``; WER / CER (`PredictionLog`)."""
+``alpha``; WER / CER (`PredictionLog`) of greedy decoding, and at the test pass also of the
+configured decoder (``wer_beam`` / ``wer_beam_lm``, `mtl_ser.decoding`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import speechbrain as sb
 import torch
-from speechbrain.decoders.ctc import ctc_greedy_decode
 
+from mtl_ser.decoding import CTCDecoder, DecoderConfig, decoding_spec, greedy_decode
 from mtl_ser.models.objective import MultiTaskObjective
 from mtl_ser.tasks.base import Task
 
@@ -19,13 +21,15 @@ class CTCTask(Task):
 
     Args (besides ``name`` and ``weight``, which is ``alpha``): ``vocab`` (the
     `CharVocabulary`), ``ctc_reduction``, ``ctc_sum_utterances``, ``ctc_zero_infinity``
-    (see `MultiTaskObjective`).
+    (see `MultiTaskObjective`), ``decoding`` (the `DecoderConfig` of the test pass; greedy
+    decoding is always scored as well).
     """
 
     vocab: object = None
     ctc_reduction: str = "sum"
     ctc_sum_utterances: int = 2
     ctc_zero_infinity: bool = True
+    decoding: DecoderConfig = field(default_factory=DecoderConfig)
 
     def __post_init__(self):
         self.head_module = "ctc_head"
@@ -36,6 +40,8 @@ class CTCTask(Task):
             ctc_sum_utterances=self.ctc_sum_utterances,
             ctc_zero_infinity=self.ctc_zero_infinity,
         )
+        self._decoder = None  # built at the first test pass (an LM loads once)
+        self._testing = False
 
     @property
     def loss_key(self) -> str:
@@ -69,15 +75,36 @@ class CTCTask(Task):
 
     def greedy(self, log_probs: torch.Tensor, frame_lens: torch.Tensor) -> list[str]:
         """Greedy decoding of ``[B, T, V]`` log-probabilities with ``[B]`` frame counts."""
-        rel = frame_lens.float() / log_probs.shape[1]
-        ids = ctc_greedy_decode(log_probs, rel, blank_id=self.vocab.blank_index)
-        return [self.vocab.decode(seq) for seq in ids]
+        return greedy_decode(log_probs, frame_lens, self.vocab)
+
+    def start_stage(self, stage):
+        # Validation decodes greedily (speed); the test pass adds the configured decoder.
+        self._testing = stage == sb.Stage.TEST and self.decoding.ctc_decoding != "greedy"
+        if self._testing and self._decoder is None:
+            self._decoder = CTCDecoder(self.decoding, self.vocab)
 
     def prediction_fields(self, output, targets, frame_lens):
-        return {"hypotheses": self.greedy(output, frame_lens)}
+        fields = {"hypotheses": self.greedy(output, frame_lens)}
+        if self._testing:
+            fields["decoded"] = {self._decoder.name: self._decoder(output, frame_lens)}
+        return fields
 
     def metric_values(self, metrics):
-        return {k: metrics[k] for k in ("wer", "cer", "wer_improvised", "cer_improvised")}
+        """``wer`` / ``cer`` (greedy), their ``_improvised`` variants, and ``wer_<decoder>``
+        / ``cer_<decoder>`` (+ ``_improvised``) of the test pass's other decoder."""
+        names = ("wer", "cer", "wer_improvised", "cer_improvised")
+        out = {k: metrics[k] for k in names}
+        out.update({k: v for k, v in metrics.items() if k.startswith(("wer_", "cer_"))})
+        return out
+
+    def model_spec_entries(self):
+        # predict / evaluate transcribe with the configured decoder (greedy: nothing added).
+        spec = decoding_spec(self.decoding)
+        return {} if spec is None else {"decoding": spec}
 
     def describe(self):
-        return {**super().describe(), **self.objective.describe()}
+        return {
+            **super().describe(),
+            **self.objective.describe(),
+            "decoding": self.decoding.describe(),
+        }

@@ -99,6 +99,16 @@ def test_encoder_config_must_be_a_supported_hf_config(exported, tmp_path, key, v
         load_exported(tampered(exported, tmp_path, change))
 
 
+DECODING = {
+    "ctc_decoding": "beam",
+    "beam_width": 8,
+    "lm_weight": 0.5,
+    "word_score": 0.0,
+    "lm": "lm.arpa",
+    "lm_digest": "0123456789abcdef",
+}
+
+
 def test_spec_level_keys_are_checked(exported, tmp_path):
     for change, message in (
         (lambda m: m.update(extra=1), "exactly the keys spec and info"),
@@ -106,6 +116,14 @@ def test_spec_level_keys_are_checked(exported, tmp_path):
         (lambda m: m["spec"].update(labels=["a", "a"]), "repeats a class"),
         (lambda m: m["spec"]["modules"].pop("encoder"), r"lacks \['encoder'\]"),
         (lambda m: m["spec"].update(temperature=0), r"temperature must be a number in"),
+        (  # a beam decoder's LM lies inside the export (or at an absolute path of a run)
+            lambda m: m["spec"].update(decoding={**DECODING, "lm": "../../lm.arpa"}),
+            "decoding.lm must be a file name or an absolute path",
+        ),
+        (
+            lambda m: m["spec"].update(decoding={**DECODING, "lm_digest": "x; rm"}),
+            "lm_digest must be 16 hex characters",
+        ),
     ):
         with pytest.raises(ValueError, match=message):
             load_exported(tampered(exported, tmp_path / message[:5], change))
