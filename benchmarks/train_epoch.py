@@ -261,6 +261,14 @@ class Recipe:
         size = self.hparams["eval_batch_size"]
         self.eval_batches.append([ids[i : i + size] for i in range(0, len(ids), size)])
 
+    def forget_last(self) -> None:
+        """Drops the last epoch's figures (a warm-up epoch)."""
+        for values in self.times.values():
+            values.pop()
+        self.peaks.pop()
+        self.batches.pop()
+        self.eval_batches.pop()
+
 
 # --------------------------------------------------------------------------- bare loop
 class BareData(Dataset):
@@ -372,6 +380,12 @@ class BareLoop:
         self.times["eval"].append(time.perf_counter() - start)
         self.peaks.append(memory.peak_gb())
 
+    def forget_last(self) -> None:
+        """Drops the last epoch's figures (a warm-up epoch)."""
+        for values in self.times.values():
+            values.pop()
+        self.peaks.pop()
+
 
 class PlainLoop(BareLoop):
     """The reference: plain ``transformers`` calls as a user would write them. The base
@@ -466,6 +480,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--rounds", type=int, default=2, help="interleaved measurements")
+    parser.add_argument("--warmup", type=int, default=1, help="uncounted rounds first (cold start)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     parser.add_argument("--seed", type=int, default=1986)
@@ -500,13 +515,21 @@ def main() -> None:
             f" loader workers, {args.rounds} interleaved rounds",
             flush=True,
         )
-        for epoch in range(1, args.rounds + 1):
+        for epoch in range(1, args.warmup + args.rounds + 1):
+            # The recipe's epoch chooses the batches the loops then replay; the loops'
+            # order alternates between rounds (p, o, then o, p).
             r.epoch(epoch, memory)
-            p.epoch(r.batches[-1], r.eval_batches[-1], memory)
-            o.epoch(r.batches[-1], r.eval_batches[-1], memory)
+            replay = [(p, r), (o, r)] if epoch % 2 else [(o, r), (p, r)]
+            for loop, recipe in replay:
+                loop.epoch(recipe.batches[-1], recipe.eval_batches[-1], memory)
             r0.epoch(epoch, memory)
             p0.epoch(r0.batches[-1], r0.eval_batches[-1], memory)
-            print(f"round {epoch}/{args.rounds} done", flush=True)
+            if epoch <= args.warmup:  # warm-up: allocator, thread pools, lazy initialisation
+                for config in (r, p, o, r0, p0):
+                    config.forget_last()
+                print("warm-up round done (not counted)", flush=True)
+            else:
+                print(f"round {epoch - args.warmup}/{args.rounds} done", flush=True)
 
         print(f"\n  {'':<38} {'train/epoch':>10} {'eval/pass':>10} {'padding':>8} {'peak mem':>11}")
         for config, batches in ((r, r), (p, r), (o, r), (r0, r0), (p0, r0)):
@@ -518,21 +541,25 @@ def main() -> None:
         def ratio(x, y, key="train"):
             return min(x.times[key]) / min(y.times[key])
 
-        def per_round(x, y):  # the same round's epochs: interleaving cancels slow phases
-            return " ".join(
-                f"{a / b:.2f}" for a, b in zip(x.times["train"], y.times["train"], strict=True)
+        def rounds(x, y):  # the same round's epochs: interleaving cancels slow phases
+            return [a / b for a, b in zip(x.times["train"], y.times["train"], strict=True)]
+
+        def line(label, x, y):
+            each = rounds(x, y)
+            return (
+                f"  {label:<40} {statistics.median(each):.3f}   {ratio(x, y):.3f}"
+                f"   ({' '.join(f'{v:.2f}' for v in each)})\n"
             )
 
         print(
-            f"\nratios (training epoch, fastest rounds; per round in brackets):\n"
-            f"  recipe / transformers with masks        r/p   {ratio(r, p):.3f}"
-            f" ({per_round(r, p)})\n"
-            f"  released mode / transformers, no masks  r0/p0 {ratio(r0, p0):.3f}"
-            f" ({per_round(r0, p0)})\n"
-            f"  recipe / own-modules loop               r/o   {ratio(r, o):.3f}"
-            f" ({per_round(r, o)})\n"
-            f"  own-modules loop / transformers         o/p   {ratio(o, p):.3f}\n"
-            f"  evaluation pass r/p {ratio(r, p, 'eval'):.3f}, r0/p0 {ratio(r0, p0, 'eval'):.3f}",
+            "\nratios (training epoch): median of the rounds' ratios, fastest / fastest,"
+            " (each round)\n"
+            + line("recipe / transformers with masks   r/p", r, p)
+            + line("released mode / transformers, no masks r0/p0", r0, p0)
+            + line("recipe / own-modules loop          r/o", r, o)
+            + line("own-modules loop / transformers    o/p", o, p)
+            + f"  evaluation pass (fastest) r/p {ratio(r, p, 'eval'):.3f},"
+            f" r0/p0 {ratio(r0, p0, 'eval'):.3f}",
             flush=True,
         )
         if not args.no_probing:
