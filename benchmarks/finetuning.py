@@ -23,13 +23,12 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_epoch import PeakMemory, synchronize  # noqa: E402
+from train_epoch import PeakMemory, timed  # noqa: E402
 
 MODES = ("full", "lora", "frozen")
 GPU_COMMAND = (
@@ -56,17 +55,15 @@ def measure(args) -> dict:
     memory.reset()
     before = memory.peak_gb()
     encoder.train()
-    times = []
-    for _ in range(args.steps + 1):
-        synchronize(args.device)
-        start = time.perf_counter()
+
+    def step():
         out = encoder(wavs, lens)
         loss = torch.nn.functional.cross_entropy(head(out.hidden, out.lengths), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        synchronize(args.device)
-        times.append(time.perf_counter() - start)
+
+    times = [timed(step, args.device) for _ in range(args.steps + 1)]
     peak = memory.peak_gb() - (0 if args.device.startswith("cuda") else before)
     return {**counts, "step_s": statistics.median(times[1:]), "peak_gb": peak}
 

@@ -15,24 +15,14 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from predict_rtf import recognizer
+from predict_rtf import measure, recognizer
 
 from mtl_ser.data.demo import synthesize_demo_corpus
 from mtl_ser.export_onnx import write_onnx_folder
 from mtl_ser.onnx_predictor import OnnxRecognizer
-
-
-def measure(model, files: list[Path], batch_size: int) -> tuple[float, float]:
-    """Returns (audio seconds, processing seconds) for scoring ``files``."""
-    model.predict_batch(files[:2], batch_size=batch_size)  # warm-up
-    start = time.perf_counter()
-    predictions = model.predict_batch(files, batch_size=batch_size)
-    elapsed = time.perf_counter() - start
-    return sum(p.duration for p in predictions), elapsed
 
 
 def main() -> None:

@@ -42,12 +42,14 @@ def recognizer(preset: str) -> EmotionRecognizer:
     return EmotionRecognizer(LoadedModel(modules, LABELS, vocab, 16000, {}))
 
 
-def measure(model: EmotionRecognizer, files: list[Path], batch_size: int) -> tuple[float, float]:
-    """Returns (audio seconds, processing seconds) for scoring ``files``."""
+def measure(model, files: list[Path], batch_size: int) -> tuple[float, float]:
+    """Returns (audio seconds, processing seconds) for scoring ``files`` with ``model``
+    (an `EmotionRecognizer` or an `mtl_ser.onnx_predictor.OnnxRecognizer`; batch size 1:
+    one file per call)."""
     model.predict_batch(files[:2], batch_size=batch_size)  # warm-up (allocator, kernels)
     start = time.perf_counter()
     if batch_size == 1:
-        predictions = [model.predict(f) for f in files]
+        predictions = [model.predict_batch([f], batch_size=1)[0] for f in files]
     else:
         predictions = model.predict_batch(files, batch_size=batch_size)
     elapsed = time.perf_counter() - start

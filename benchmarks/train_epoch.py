@@ -142,6 +142,16 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def timed(work, device: str) -> float:
+    """Seconds one call of ``work()`` takes on ``device`` (its queued CUDA work included:
+    synchronised before and after)."""
+    synchronize(device)
+    start = time.perf_counter()
+    work()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
 class PeakMemory:
     """Peak memory of a block: CUDA allocations, or the process's resident memory."""
 

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_epoch import iemocap_like_durations, synchronize  # noqa: E402
+from train_epoch import iemocap_like_durations, timed  # noqa: E402
 
 from mtl_ser.models.encoders import build_encoder  # noqa: E402
 
@@ -52,18 +51,18 @@ def batches(durations: np.ndarray, batch_size: int, seed: int):
 def time_mode(encoder, data, device, train: bool) -> float:
     """Seconds to encode every batch of ``data`` (with backward when ``train``)."""
     encoder.train(train)
-    synchronize(device)
-    start = time.perf_counter()
-    for wavs, lens in data:
-        wavs, lens = wavs.to(device), lens.to(device)
-        if train:
-            out = encoder(wavs, lens)
-            out.hidden.float().pow(2).mean().backward()
-        else:
-            with torch.no_grad():
-                encoder(wavs, lens)
-    synchronize(device)
-    return time.perf_counter() - start
+
+    def encode_all():
+        for wavs, lens in data:
+            wavs, lens = wavs.to(device), lens.to(device)
+            if train:
+                out = encoder(wavs, lens)
+                out.hidden.float().pow(2).mean().backward()
+            else:
+                with torch.no_grad():
+                    encoder(wavs, lens)
+
+    return timed(encode_all, device)
 
 
 def main(argv=None) -> None:

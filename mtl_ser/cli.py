@@ -210,9 +210,10 @@ def _add_inference(subparsers) -> None:
         choices=("mtl_ser", "hf", "onnx"),
         default="mtl_ser",
         help="mtl_ser: for mtl_ser's loader and `predict`; hf: a folder transformers loads "
-        "(AutoModelForAudioClassification, pipeline), the CTC head in OUT/ctc; onnx: "
-        "model.onnx for ONNX Runtime (checked against PyTorch on export), which `predict` "
-        "runs without torch model code",
+        "(AutoModelForAudioClassification, pipeline), the CTC head in OUT/ctc, other tasks "
+        "(A/V/D, speaker attributes) in OUT/<task>; onnx: model.onnx for ONNX Runtime, "
+        "one output per task (checked against PyTorch on export), which `predict` runs "
+        "without torch model code",
     )
     export.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     export.set_defaults(func=_export)

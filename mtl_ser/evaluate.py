@@ -11,6 +11,13 @@ Every utterance is scored whole, as in a recipe's test pass, and DIR gets the sa
 and ``coverage_accuracy.png`` (calibration: ECE over ``calibration_bins`` confidence bins,
 Brier score; before and after the model's temperature when it was calibrated).
 
+Every other task the model has is scored where the data provides its targets, with the
+metrics (and names) of training's ``task_metrics``: A/V/D (``dimensions``) when the set has
+its ``arousal`` / ``valence`` / ``dominance`` columns (manifest keys or CSV columns), a
+speaker attribute when its column (e.g. ``gender``) is there. A task whose column the set
+lacks is listed under ``tasks_not_scored`` ("not scored: no <column> in <file>") and printed
+on one line; it is not an error.
+
 Labels are matched by name. A data label that is not one of the model's classes must be
 mapped explicitly (``--label-map cal=neu``) or excluded explicitly (``--drop-unmapped``,
 counted in results.json); otherwise the evaluation stops naming it. A map entry naming a
@@ -35,7 +42,10 @@ from mtl_ser.data.protocols import PROTOCOL_FOLDS
 from mtl_ser.data.text import normalize_transcript
 from mtl_ser.groups import DEFAULT_GROUP_COLUMNS, attach_groups, check_columns
 from mtl_ser.paired import DETAIL_FIELDS
+from mtl_ser.prediction_types import task_vector
 from mtl_ser.results import PredictionLog, write_run_outputs
+from mtl_ser.tasks.ctc import CTCTask
+from mtl_ser.tasks.emotion import EmotionTask
 
 # Files scored per call of the model (their waveforms are held in memory at once).
 CHUNK = 64
@@ -197,6 +207,47 @@ def resolve_labels(
     return mapping, unmapped
 
 
+def data_tasks(tasks: dict, items: list[dict], data: str | Path) -> tuple[dict, dict]:
+    """Which of a model's other tasks the set can score.
+
+    Args: tasks: the recognizer's ``{task: (class, export_info)}``; items: from
+    `read_items` (each ``record`` holds the manifest's keys or the CSV's columns); data:
+    the set's file, for messages.
+
+    Returns: ({task: `Task` rebuilt from its export_info} of the tasks whose every column
+    some utterance has, {task: "<task>: not scored: no <column> in <file>"} of the rest).
+    """
+    scored, not_scored = {}, {}
+    for name, (cls, info) in tasks.items():
+        task = cls.from_export_info(name, info)
+        missing = [
+            c for c in task.columns if not any(i["record"].get(c) not in (None, "") for i in items)
+        ]
+        if missing:
+            not_scored[name] = f"{name}: not scored: no {', '.join(missing)} in {data}"
+        else:
+            scored[name] = task
+    return scored, not_scored
+
+
+def task_metrics(metrics: dict, recognizer) -> dict:
+    """Training's ``task_metrics`` of an evaluation: emotion and CTC (when the model has
+    it) by their tasks' `metric_values`, the other scored tasks from their logs."""
+    out = {"emotion": EmotionTask(name="emotion").metric_values(metrics)}
+    if recognizer.has_ctc:
+        out["ctc"] = CTCTask(name="ctc", vocab=recognizer.model.vocab).metric_values(metrics)
+    out.update(metrics.get("by_task", {}))
+    return out
+
+
+def _headline(metrics: dict) -> str:
+    """A task's main figure for the summary line."""
+    for key in ("ccc_mean", "ua"):
+        if metrics.get(key) is not None:
+            return f"{key} {metrics[key]:.3f}"
+    return "no figure"
+
+
 def _set_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "set"
 
@@ -273,7 +324,12 @@ def evaluate(
     excluded = Counter(i["label"] for i in items if i["label"] not in mapping)
     items = [i for i in items if i["label"] in mapping]
 
-    log = PredictionLog(model_labels)
+    scored_tasks, not_scored = data_tasks(recognizer.tasks, items, data)
+    for message in not_scored.values():
+        print(message)
+    log = PredictionLog(
+        model_labels, task_logs={name: task.new_log() for name, task in scored_tasks.items()}
+    )
     # A model tested with beam search: greedy's wer / cer and the beam decoder's beside them
     # (wer_beam, wer_beam_lm), as at the run's test pass.
     beam = recognizer.decoder is not None and recognizer.decoder.name != "greedy"
@@ -307,6 +363,13 @@ def evaluate(
                     else None
                 ),
             )
+            for name, task in scored_tasks.items():
+                info = recognizer.tasks[name][1]
+                values = torch.tensor([task_vector(p.tasks[name], info) for _, p in done])
+                columns = {c: [i["record"].get(c, "") for i, _ in done] for c in task.columns}
+                log.task_logs[name].add_batch(
+                    [i["id"] for i, _ in done], values, task.column_targets(columns)
+                )
     if errors and on_error == "fail":
         raise ValueError(
             f"{data}: {len(errors)} utterance(s) cannot be scored (use --on-error skip to "
@@ -353,6 +416,8 @@ def evaluate(
             "data_split": facts.get("split") or None,
         },
     }
+    identity["task_metrics"] = task_metrics(log.metrics(), recognizer)
+    identity["tasks_not_scored"] = not_scored
     attach_groups(log, {i["id"]: i["record"] for i in items}, group_columns)
     output = Path(output)
     with atomic_folder(output, owner, overwrite) as tmp:
@@ -366,6 +431,7 @@ def evaluate(
             + ("" if results.get("wer") is None else f"  WER {results['wer']:.3f}")
             + (f"; excluded (unmapped labels): {dict(excluded)}" if dropped else "")
             + (f"; skipped: {len(errors)}" if errors else "")
+            + "".join(f"; {t}: {_headline(m)}" for t, m in results.get("by_task", {}).items())
             + f"; written to {output}"
         )
     return results

@@ -17,7 +17,11 @@ The emotion model maps exactly onto transformers' ``<Family>ForSequenceClassific
 ``preprocessor_config.json``, a model card with Hugging Face metadata); ``OUT/ctc/`` the CTC
 head as ``<Family>ForCTC`` with its character tokenizer (``vocab.json``, blank = pad token,
 ``|`` = space). A CTC head reading a weighted layer sum has no transformers equivalent and
-is not exported (the reason is printed and written into the card).
+is not exported (the reason is printed and written into the card). Every other exported
+task gets ``OUT/<task>/``, a ``<Family>ForSequenceClassification`` of its pooled head
+(mapped as the emotion head): A/V/D with ``problem_type`` "regression" (``logits`` are the
+values, ``id2label`` names the dimensions), a speaker attribute (e.g. gender) with its
+classes. Each folder repeats the encoder's weights, as ``ctc/`` does.
 
 Exactness: transformers computes the first convolution's GroupNorm (wav2vec2-base, HuBERT,
 WavLM) and data2vec-audio's positional convolutions over padding too, so in padded batches
@@ -58,12 +62,14 @@ def _require_exportable(model: LoadedModel) -> None:
             f"--format hf needs a transformers encoder; this model's is a "
             f"{type(encoder).__name__}: export it with --format mtl_ser"
         )
-    pooling = model.modules["emotion_head"].export_kwargs()["pooling"]
-    if pooling != "mean":
-        raise ValueError(
-            f"--format hf: transformers' classification models pool by the mean; this emotion "
-            f"head uses {pooling!r} pooling: export it with --format mtl_ser"
-        )
+    heads = ["emotion_head"] + [t["head"] for t in (model.spec or {}).get("tasks", {}).values()]
+    for head in heads:
+        pooling = model.modules[head].export_kwargs()["pooling"]
+        if pooling != "mean":
+            raise ValueError(
+                f"--format hf: transformers' classification models pool by the mean; this "
+                f"model's {head} uses {pooling!r} pooling: export it with --format mtl_ser"
+            )
 
 
 def _feature_extractor(model: LoadedModel) -> Wav2Vec2FeatureExtractor:
@@ -93,18 +99,27 @@ def _with_encoder(task_model, encoder: SSLEncoder):
 
 
 @torch.no_grad()
-def classification_model(model: LoadedModel):
-    """The emotion model as transformers' ``<Family>ForSequenceClassification``."""
-    encoder, head = model.modules["encoder"], model.modules["emotion_head"]
-    n = len(model.labels)
+def classification_model(model: LoadedModel, head=None, labels=None, regression: bool = False):
+    """A pooled head (default: the emotion head and classes) as transformers'
+    ``<Family>ForSequenceClassification``.
+
+    Args: head: an `EmotionHead` of ``model`` (mean pooling); labels: its outputs' names
+    (``id2label``); regression: the outputs are values (``problem_type`` "regression", as
+    the A/V/D head's), not class logits.
+    """
+    encoder = model.modules["encoder"]
+    head = model.modules["emotion_head"] if head is None else head
+    labels = model.labels if labels is None else labels
+    n = len(labels)
     name = encoder.backbone.for_classification
     config = _base_config(
         encoder,
         name,
-        id2label={str(i): label for i, label in enumerate(model.labels)},
-        label2id={label: i for i, label in enumerate(model.labels)},
+        id2label={str(i): label for i, label in enumerate(labels)},
+        label2id={label: i for i, label in enumerate(labels)},
         classifier_proj_size=n,
         use_weighted_layer_sum=head.layer_sum is not None,
+        **({"problem_type": "regression"} if regression else {}),
     )
     hf = _with_encoder(encoder.backbone.cls("for_classification")(config), encoder)
     hf.projector.weight.copy_(head.classifier.weight)
@@ -114,6 +129,21 @@ def classification_model(model: LoadedModel):
     if head.layer_sum is not None:
         hf.layer_weights.copy_(head.layer_sum.weights)
     return hf.eval()
+
+
+def task_models(model: LoadedModel) -> dict:
+    """The other exported tasks (`Task.export_info` in the spec) as transformers
+    classification models by task name: A/V/D as a regression model (``id2label`` the
+    dimensions), a speaker attribute as a classifier of its classes. Their heads are
+    pooled heads like the emotion head, so they map the same way."""
+    out = {}
+    for name, info in (model.spec or {}).get("tasks", {}).items():
+        head = model.modules[info["head"]]
+        if info["kind"] == "dimensions":
+            out[name] = classification_model(model, head, info["dimensions"], regression=True)
+        else:
+            out[name] = classification_model(model, head, info["classes"])
+    return out
 
 
 @torch.no_grad()
@@ -240,6 +270,40 @@ def _usage(has_ctc_folder: bool, ctc_note: str | None) -> list[str]:
     return lines
 
 
+def _task_usage(infos: dict) -> list[str]:
+    """The card's lines on the other tasks' folders (``infos``: {task: export_info})."""
+    if not infos:
+        return []
+    lines = ["## Other tasks", ""]
+    for name, info in infos.items():
+        if info["kind"] == "dimensions":
+            what = (
+                f"regression (`problem_type: regression`): `logits` are the values of "
+                f"{', '.join(info['dimensions'])} (in `id2label`'s order)"
+            )
+        else:
+            what = f"classification of {info.get('column', name)}: {', '.join(info['classes'])}"
+        lines.append(f"- `{name}/`: {what}.")
+    lines += [
+        "",
+        "Each is a whole `AutoModelForAudioClassification` folder (the shared encoder's "
+        "weights are repeated in each):",
+        "",
+        "```python",
+        "import torch",
+        "from transformers import AutoFeatureExtractor, AutoModelForAudioClassification",
+        f'folder = "path/to/this/folder/{next(iter(infos))}"',
+        "extract = AutoFeatureExtractor.from_pretrained(folder)",
+        "model = AutoModelForAudioClassification.from_pretrained(folder)",
+        'inputs = extract(waveform_16k, sampling_rate=16000, return_tensors="pt")',
+        "with torch.no_grad():",
+        "    values = model(**inputs).logits[0]  # see id2label",
+        "```",
+        "",
+    ]
+    return lines
+
+
 def export_hf(
     run_folder: str | Path, out_dir: str | Path, echo=print, overwrite: bool = False
 ) -> Path:
@@ -278,5 +342,16 @@ def _write_hf(model: LoadedModel, out: Path, echo) -> None:
         ctc_model(model).save_pretrained(folder)
         _feature_extractor(model).save_pretrained(folder)
         _tokenizer(model, folder).save_pretrained(folder)
-    card = model_card(model, model.spec, usage=_usage(has_ctc, ctc_note))
+    tasks = task_models(model)
+    for name, hf in tasks.items():
+        hf.save_pretrained(out / name)
+        _feature_extractor(model).save_pretrained(out / name)
+    if tasks:
+        echo(
+            "other tasks as transformers classification models: "
+            + ", ".join(f"{name}/" for name in tasks)
+        )
+    infos = (model.spec or {}).get("tasks", {})
+    usage = _usage(has_ctc, ctc_note) + _task_usage({t: infos[t] for t in tasks})
+    card = model_card(model, model.spec, usage=usage)
     (out / "README.md").write_text(hf_front_matter(model) + card)

@@ -5,15 +5,19 @@
                        outputs probabilities [batch, classes] (temperature applied, if any)
                                frames [batch] int64 (true encoder frames of each row)
                                ctc_log_probs [batch, frames, characters] (models with CTC)
-    onnx_model.json    labels, characters, front-end settings, temperature, the parity
-                       check's figures, provenance (written last: its presence means complete)
+                               <task> [batch, K] per other task, named as the task
+                               (dimensions: A/V/D values; a speaker attribute such as
+                               gender: its class probabilities)
+    onnx_model.json    labels, characters, each task output's meaning (``tasks``),
+                       front-end settings, temperature, the parity check's figures,
+                       provenance (written last: its presence means complete)
     labels.json  README.md
 
 Batch and time axes are dynamic. Padding never changes a row's result: the padding-aware
 encoder takes the true lengths as an input (its GroupNorm statistics, attention mask and
 pooling use them). On export the graph is run with ONNX Runtime on a few utterances of
 different lengths, batched together, and compared with the PyTorch model on each utterance
-alone; a largest probability difference above `TOLERANCE` stops the export.
+alone; a largest probability (or task value) difference above `TOLERANCE` stops the export.
 
 Refused, with the reason: the CNN encoder (its log-mel front end loops over the batch in
 Python, utterance by utterance, which a traced graph cannot keep for a dynamic batch) and
@@ -49,6 +53,8 @@ from mtl_ser.export import (
 )
 from mtl_ser.models.cnn import CNNEncoder
 from mtl_ser.models.ssl import SSLEncoder
+from mtl_ser.prediction_types import task_output_meaning
+from mtl_ser.tasks import TASK_KINDS
 
 ONNX_FILE = "model.onnx"
 ONNX_META_FILE = "onnx_model.json"
@@ -57,6 +63,8 @@ OPSET = 17
 TOLERANCE = 1e-4  # largest allowed probability difference, ONNX Runtime vs PyTorch
 # Lengths (seconds) of the synthetic utterances of the parity check.
 CHECK_SECONDS = (0.7, 1.9, 3.1)
+# The graph's own input and output names (a task's output is named as the task).
+RESERVED_NAMES = ("waveforms", "lengths", "probabilities", "frames", "ctc_log_probs")
 
 
 class OnnxExportError(ValueError):
@@ -65,7 +73,9 @@ class OnnxExportError(ValueError):
 
 class InferenceGraph(nn.Module):
     """What the ONNX file computes: padded waveforms and lengths -> emotion probabilities
-    (temperature-scaled), true frame counts and, with a CTC head, its log-probabilities."""
+    (temperature-scaled), true frame counts, with a CTC head its log-probabilities, and one
+    output per other exported task (named as the task: its per-window values,
+    `Task.window_values`: A/V/D values, a speaker attribute's class probabilities)."""
 
     def __init__(self, model: LoadedModel):
         super().__init__()
@@ -73,20 +83,41 @@ class InferenceGraph(nn.Module):
         self.emotion_head = model.modules["emotion_head"]
         self.ctc_head = model.modules.get("ctc_head")
         self.temperature = model.temperature
+        self.task_infos = dict((model.spec or {}).get("tasks", {}))
+        clash = sorted(set(self.task_infos) & set(RESERVED_NAMES))
+        if clash:
+            raise OnnxExportError(
+                f"task name(s) {clash} are also ONNX input / output names {list(RESERVED_NAMES)}"
+                ": rename the task to export it with --format onnx (or use --format mtl_ser)"
+            )
+        self.task_heads = nn.ModuleDict(
+            {name: model.modules[info["head"]] for name, info in self.task_infos.items()}
+        )
+
+    @property
+    def output_names(self) -> list[str]:
+        return (
+            ["probabilities", "frames"]
+            + (["ctc_log_probs"] if self.ctc_head is not None else [])
+            + list(self.task_infos)
+        )
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor):
         """Args: waveforms ``[B, S]`` float32, zero-padded; lengths ``[B]`` int64 samples.
 
         Returns: (probabilities ``[B, C]``, frames ``[B]`` int64[, ctc_log_probs
-        ``[B, T, V]``]).
+        ``[B, T, V]``], one ``[B, K]`` per other task), in `output_names`' order.
         """
         rel = lengths.to(waveforms.dtype) / waveforms.shape[1]
         enc = self.encoder(waveforms, rel)
         logits = self.emotion_head(enc.hidden, enc.lengths, enc.layers)
-        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
-        if self.ctc_head is None:
-            return probs, enc.lengths
-        return probs, enc.lengths, self.ctc_head(enc.hidden, enc.layers)
+        out = [torch.softmax(logits.float() / self.temperature, dim=-1), enc.lengths]
+        if self.ctc_head is not None:
+            out.append(self.ctc_head(enc.hidden, enc.layers))
+        for name, info in self.task_infos.items():
+            head_out = self.task_heads[name](enc.hidden, enc.lengths, enc.layers)
+            out.append(TASK_KINDS[info["kind"]].window_values(head_out))
+        return tuple(out)
 
 
 def _trace(graph: InferenceGraph, example: tuple, path: Path, outputs: list, axes: dict):
@@ -154,27 +185,35 @@ def check_waveforms(sample_rate: int) -> list[np.ndarray]:
 @torch.no_grad()
 def verify(graph: InferenceGraph, onnx_path: Path, waveforms: list[np.ndarray]) -> dict:
     """Runs ``onnx_path`` with ONNX Runtime on ``waveforms`` batched together and the
-    PyTorch ``graph`` on each alone.
+    PyTorch ``graph`` on each alone, and compares every output.
 
     Returns: ``{"max_probability_difference", "max_ctc_log_prob_difference" (None without
-    CTC), "lengths_samples"}``.
+    CTC; over each row's true frames), "max_task_differences" ({task: largest difference
+    of its values}), "lengths_samples"}``.
     """
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     batch, lengths = _padded(waveforms)
-    outputs = session.run(None, {"waveforms": batch, "lengths": lengths})
-    prob_diff, ctc_diff = 0.0, None
+    names = graph.output_names
+    feeds = {"waveforms": batch, "lengths": lengths}
+    batched = dict(zip(names, session.run(names, feeds), strict=True))
+    diffs: dict[str, float] = {}
     for row, w in enumerate(waveforms):
-        alone = graph(torch.from_numpy(w)[None], torch.tensor([w.shape[0]]))
-        prob_diff = max(prob_diff, float(np.abs(outputs[0][row] - alone[0][0].numpy()).max()))
-        if len(alone) == 3:
-            frames = int(alone[1][0])
-            diff = np.abs(outputs[2][row, :frames] - alone[2][0, :frames].numpy()).max()
-            ctc_diff = max(ctc_diff or 0.0, float(diff))
+        outputs = graph(torch.from_numpy(w)[None], torch.tensor([w.shape[0]]))
+        alone = dict(zip(names, outputs, strict=True))
+        frames = int(alone["frames"][0])
+        for name in names:
+            if name == "frames":
+                continue
+            ours, theirs = alone[name][0].numpy(), batched[name][row]
+            if name == "ctc_log_probs":
+                ours, theirs = ours[:frames], theirs[:frames]
+            diffs[name] = max(diffs.get(name, 0.0), float(np.abs(theirs - ours).max()))
     return {
-        "max_probability_difference": prob_diff,
-        "max_ctc_log_prob_difference": ctc_diff,
+        "max_probability_difference": diffs["probabilities"],
+        "max_ctc_log_prob_difference": diffs.get("ctc_log_probs"),
+        "max_task_differences": {name: diffs[name] for name in graph.task_infos},
         "lengths_samples": [int(n) for n in lengths],
     }
 
@@ -220,13 +259,14 @@ def write_onnx_folder(model: LoadedModel, out_dir: str | Path, verbose: bool = T
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / ONNX_META_FILE).unlink(missing_ok=True)  # incomplete until rewritten last
-    outputs = ["probabilities", "frames"] + (["ctc_log_probs"] if has_ctc else [])
+    outputs = graph.output_names
     axes = {
         "waveforms": {0: "batch", 1: "samples"},
         "lengths": {0: "batch"},
         "probabilities": {0: "batch"},
         "frames": {0: "batch"},
         "ctc_log_probs": {0: "batch", 1: "time"},
+        **{name: {0: "batch"} for name in graph.task_infos},
     }
     waveforms = check_waveforms(model.sample_rate)
     # Traced on a padded batch of different lengths, so that the masking path is recorded.
@@ -239,25 +279,31 @@ def write_onnx_folder(model: LoadedModel, out_dir: str | Path, verbose: bool = T
         _trace(graph, example, out / ONNX_FILE, outputs, axes)
     check = verify(graph, out / ONNX_FILE, waveforms)
     diff = check["max_probability_difference"]
+    task_diffs = check["max_task_differences"]
     if verbose:
         ctc = check["max_ctc_log_prob_difference"]
         print(
             f"ONNX parity on {len(waveforms)} utterances of {', '.join(map(str, CHECK_SECONDS))}"
             f" s, batched: max probability difference {diff:.2e} (tolerance {TOLERANCE:g})"
             + ("" if ctc is None else f", max CTC log-probability difference {ctc:.2e}")
+            + "".join(f", max {name} difference {d:.2e}" for name, d in task_diffs.items())
             + f"; exported in {time.perf_counter() - started:.1f} s"
         )
-    if not diff <= TOLERANCE:
-        raise OnnxExportError(
-            f"{out / ONNX_FILE}: ONNX Runtime's probabilities differ from PyTorch's by {diff:.2e}"
-            f" (> {TOLERANCE:g}); the export is not usable"
-        )
+    for name, d in {"probabilities": diff, **task_diffs}.items():
+        if not d <= TOLERANCE:
+            raise OnnxExportError(
+                f"{out / ONNX_FILE}: ONNX Runtime's {name} differ from PyTorch's by {d:.2e}"
+                f" (> {TOLERANCE:g}); the export is not usable"
+            )
     LabelSet(model.labels).save(out)
     usage = [
         "ONNX Runtime: `model.onnx` takes `waveforms` [batch, samples] float32 at "
         f"{model.sample_rate} Hz mono, zero-padded, and `lengths` [batch] int64; it returns "
         "`probabilities` [batch, classes] in the order of labels.json"
         + (", `frames` and `ctc_log_probs` [batch, time, characters]" if has_ctc else "")
+        + "".join(
+            f", `{name}` {task_output_meaning(info)}" for name, info in graph.task_infos.items()
+        )
         + ". Settings in onnx_model.json.",
         "",
         "`mtl-ser predict path/to/this/folder recordings/ --output predictions.csv` "
@@ -283,6 +329,12 @@ def write_onnx_folder(model: LoadedModel, out_dir: str | Path, verbose: bool = T
             "min_samples": _min_samples(model.modules["encoder"]),
         },
         "temperature": model.temperature,  # already applied inside the graph
+        # The other tasks' outputs (named as the task): what they hold and what predict
+        # needs to name their values (`Task.export_info`).
+        "tasks": {
+            name: {**info, "output": name, "meaning": task_output_meaning(info)}
+            for name, info in graph.task_infos.items()
+        },
         "verification": check,
         "mtl_ser_version": mtl_ser.__version__,
         "info": model.info,

@@ -28,6 +28,7 @@ from mtl_ser.prediction_types import (  # noqa: F401  (AUDIO_EXTENSIONS: part of
     Embedding,
     Prediction,
     WindowPrediction,
+    combine_windows,
     window_bounds,
 )
 from mtl_ser.tasks import TASK_KINDS
@@ -233,44 +234,20 @@ class EmotionRecognizer:
             if any(frames[s] < 1 for s in segment_ids):
                 out.append(_failed(name, f"{name}: too short to score ({duration:.3f} s)"))
                 continue
-            weights = torch.tensor([segments[s].shape[0] for s in segment_ids], dtype=torch.float)
-            overall = (probs[segment_ids] * weights[:, None]).sum(0) / weights.sum()
-            tasks = {}
-            for task_name, (cls, info) in self.tasks.items():
-                values = task_values[task_name][segment_ids]
-                mean = (values * weights[:, None]).sum(0) / weights.sum()
-                tasks[task_name] = cls.describe_values(mean, info)
-            windows = [
-                WindowPrediction(
-                    start=owner[s][1] / rate,
-                    end=owner[s][2] / rate,
-                    emotion=self.labels[int(probs[s].argmax())],
-                    probabilities=self._as_dict(probs[s]),
-                    transcript=None if transcripts is None else transcripts[s],
-                )
-                for s in segment_ids
-            ]
-            text = greedy_text = None
-            if transcripts is not None:
-                text = " ".join(t for t in (transcripts[s] for s in segment_ids) if t)
-            if greedy is not None:
-                greedy_text = " ".join(t for t in (greedy[s] for s in segment_ids) if t)
             out.append(
-                Prediction(
-                    path=name,
-                    emotion=self.labels[int(overall.argmax())],
-                    probabilities=self._as_dict(overall),
-                    transcript=text,
-                    duration=duration,
-                    windows=windows,
-                    tasks=tasks,
-                    greedy_transcript=greedy_text,
+                combine_windows(
+                    name,
+                    duration,
+                    [(owner[s][1] / rate, owner[s][2] / rate) for s in segment_ids],
+                    probs[segment_ids].numpy(),
+                    self.labels,
+                    None if transcripts is None else [transcripts[s] for s in segment_ids],
+                    {t: values[segment_ids].numpy() for t, values in task_values.items()},
+                    {t: info for t, (_, info) in self.tasks.items()},
+                    None if greedy is None else [greedy[s] for s in segment_ids],
                 )
             )
         return out
-
-    def _as_dict(self, probs: torch.Tensor) -> dict[str, float]:
-        return {label: float(p) for label, p in zip(self.labels, probs, strict=True)}
 
     def _segments(self, waveforms: list[torch.Tensor]):
         """Cuts recordings into windows: (segments, [(recording, start, end)])."""

@@ -326,6 +326,12 @@ def _names(value, key):
     return value
 
 
+def _column(value, key):
+    if not isinstance(value, str) or not 0 < len(value) <= 100:
+        raise SpecError(f"{key} must be a manifest column's name, not {value!r}")
+    return value
+
+
 def _task_specs(value, key):
     if not isinstance(value, dict):
         raise SpecError(f"{key} must be a mapping, not {type(value).__name__}")
@@ -342,6 +348,8 @@ def _task_specs(value, key):
                 ),
                 "dimensions": _names,
                 "classes": _labels,
+                # The manifest column of a speaker attribute's targets (evaluate reads it).
+                "column": _column,
             },
             required=("kind", "head"),
         )

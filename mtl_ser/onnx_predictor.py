@@ -2,8 +2,9 @@
 
 Needs numpy, soundfile, scipy and onnxruntime only: no torch model code is imported, so
 the folder runs where PyTorch is not installed. Recordings are cut into windows, scored and
-combined exactly as by the PyTorch `mtl_ser.inference.EmotionRecognizer` (duration-weighted
-mean of window probabilities; greedy CTC transcripts joined).
+combined exactly as by the PyTorch `mtl_ser.inference.EmotionRecognizer` (both end in
+`mtl_ser.prediction_types.combine_windows`: duration-weighted mean of the windows'
+probabilities and other tasks' values; greedy CTC transcripts joined).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mtl_ser.data.waveform import read_waveform
-from mtl_ser.prediction_types import Prediction, WindowPrediction, window_bounds
+from mtl_ser.prediction_types import Prediction, combine_windows, window_bounds
 
 ONNX_META_FILE = "onnx_model.json"  # the same name as mtl_ser.export_onnx.ONNX_META_FILE
 
@@ -49,6 +50,8 @@ class OnnxRecognizer:
         self.meta = json.loads(meta_path.read_text())
         self.labels = tuple(self.meta["labels"])
         self.has_ctc = "ctc_log_probs" in self.meta["outputs"]
+        # The other tasks' outputs (absent from folders of mtl-ser before they were exported).
+        self.tasks = dict(self.meta.get("tasks") or {})
         front = self.meta["front_end"]
         self.sample_rate = int(front["sample_rate"])
         self.min_samples = int(front["min_samples"])
@@ -98,51 +101,43 @@ class OnnxRecognizer:
         if any(score is None for _, _, score in parts):
             message = f"{path}: too short to score ({duration:.3f} s)"
             return Prediction(path, None, {}, None, None, [], message)
-        weights = np.array([b - a for a, b, _ in parts], dtype=np.float64)
-        probs = np.stack([score[0] for _, _, score in parts])
-        overall = (probs * weights[:, None]).sum(0) / weights.sum()
-        windows = [
-            WindowPrediction(
-                start=a / self.sample_rate,
-                end=b / self.sample_rate,
-                emotion=self.labels[int(p.argmax())],
-                probabilities=self._as_dict(p),
-                transcript=text,
-            )
-            for a, b, (p, text) in parts
-        ]
-        transcript = None
-        if self.has_ctc:
-            transcript = " ".join(t for _, _, (_, t) in parts if t)
-        return Prediction(
-            path=path,
-            emotion=self.labels[int(overall.argmax())],
-            probabilities=self._as_dict(overall),
-            transcript=transcript,
-            duration=duration,
-            windows=windows,
+        rate = self.sample_rate
+        return combine_windows(
+            path,
+            duration,
+            [(a / rate, b / rate) for a, b, _ in parts],
+            np.stack([score["probabilities"] for _, _, score in parts]),
+            self.labels,
+            [score["transcript"] for _, _, score in parts] if self.has_ctc else None,
+            {name: np.stack([score[name] for _, _, score in parts]) for name in self.tasks},
+            self.tasks,
         )
 
-    def _as_dict(self, probs: np.ndarray) -> dict[str, float]:
-        return {label: float(p) for label, p in zip(self.labels, probs, strict=True)}
-
-    def _score(self, segments: list[np.ndarray], batch_size: int) -> list[tuple]:
-        """(probabilities ``[C]``, transcript or None) per segment, batched by similar
-        length (the graph is padding-aware, so grouping does not change results)."""
+    def _score(self, segments: list[np.ndarray], batch_size: int) -> list[dict]:
+        """Per segment ``{"probabilities": [C], "transcript": str or None, <task>: [K]}``,
+        batched by similar length (the graph is padding-aware, so grouping does not change
+        results)."""
         out: list = [None] * len(segments)
         order = sorted(range(len(segments)), key=lambda s: segments[s].shape[0])
+        names = list(self.meta["outputs"])
         for k in range(0, len(order), batch_size):
             batch = order[k : k + batch_size]
             lengths = np.array([segments[s].shape[0] for s in batch], dtype=np.int64)
             wavs = np.zeros((len(batch), int(lengths.max())), dtype=np.float32)
             for row, s in enumerate(batch):
                 wavs[row, : lengths[row]] = segments[s]
-            results = self.session.run(None, {"waveforms": wavs, "lengths": lengths})
+            feeds = {"waveforms": wavs, "lengths": lengths}
+            results = dict(zip(names, self.session.run(names, feeds), strict=True))
             for row, s in enumerate(batch):
                 text = None
                 if self.has_ctc:
-                    text = self._greedy(results[2][row, : int(results[1][row])])
-                out[s] = (results[0][row].astype(np.float64), text)
+                    frames = int(results["frames"][row])
+                    text = self._greedy(results["ctc_log_probs"][row, :frames])
+                out[s] = {
+                    "probabilities": results["probabilities"][row].astype(np.float64),
+                    "transcript": text,
+                    **{name: results[name][row].astype(np.float64) for name in self.tasks},
+                }
         return out
 
     def _greedy(self, log_probs: np.ndarray) -> str:

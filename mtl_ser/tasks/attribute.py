@@ -49,10 +49,22 @@ class SpeakerAttributeTask(Task):
         return head(hidden, lengths, layers)  # [B, C] logits
 
     def targets(self, batch):
+        columns = {self.column: batch_column(batch, self.column)}
+        return self.column_targets(columns, batch.emo_encoded.data.device)
+
+    def column_targets(self, columns: dict, device=None):
+        """Targets from manifest values: ``{column: [B] values}`` -> (class indices ``[B]``,
+        -1 for a value outside the classes; mask ``[B]``)."""
         index = {c: i for i, c in enumerate(self.classes)}
-        ids = [index.get(v, -1) for v in batch_column(batch, self.column)]
-        target = torch.tensor(ids, dtype=torch.long, device=batch.emo_encoded.data.device)
+        ids = [index.get(v, -1) for v in columns[self.column]]
+        target = torch.tensor(ids, dtype=torch.long, device=device)
         return target, target >= 0
+
+    @classmethod
+    def from_export_info(cls, name: str, info: dict) -> SpeakerAttributeTask:
+        """The task of an exported model (its `export_info`; a model exported before the
+        column was saved reads the column named as the task), for scoring (evaluate)."""
+        return cls(name=name, column=info.get("column"), classes=tuple(info["classes"]))
 
     def loss(self, output, targets, frame_lens):
         target, mask = targets
@@ -63,18 +75,15 @@ class SpeakerAttributeTask(Task):
         return AttributeLog(self.classes)
 
     def export_info(self):
-        return {"kind": "speaker_attribute", "classes": list(self.classes)}
+        return {
+            "kind": "speaker_attribute",
+            "classes": list(self.classes),
+            "column": self.column,
+        }
 
     @staticmethod
     def window_values(output):
         return torch.softmax(output.float(), dim=-1)
-
-    @staticmethod
-    def describe_values(values, info):
-        return {
-            "label": info["classes"][int(values.argmax())],
-            "probabilities": {c: float(p) for c, p in zip(info["classes"], values, strict=True)},
-        }
 
     def describe(self):
         return {**super().describe(), "column": self.column, "classes": list(self.classes)}

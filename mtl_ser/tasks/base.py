@@ -166,6 +166,17 @@ class Task:
     def targets(self, batch) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
+    def column_targets(self, columns: dict[str, list], device=None) -> tuple:
+        """For a task whose targets are manifest columns: `targets` from ``{column: [B]
+        values}`` (a batch's, or the utterances `mtl-ser evaluate` scores)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_export_info(cls, name: str, info: dict) -> Task:
+        """For an exported task: the task rebuilt from its `export_info` (evaluate scores
+        it with its `new_log`)."""
+        raise NotImplementedError
+
     def loss(self, output, targets: tuple, frame_lens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -196,17 +207,14 @@ class Task:
 
     def export_info(self) -> dict | None:
         """What predict needs besides the head (classes, dimension names), or None for a
-        task that export does not carry beyond the model spec's own keys."""
+        task that export does not carry beyond the model spec's own keys. Its ``kind`` is
+        one of `mtl_ser.model_spec.TASK_EXPORT_KINDS`, which the torch-free
+        `mtl_ser.prediction_types.describe_task_values` turns into predictions."""
         return None
 
     @staticmethod
     def window_values(output: torch.Tensor) -> torch.Tensor:
-        """An exported model's per-window values ``[B, K]`` from the head's output; predict
-        averages them over a recording's windows (weighted by length)."""
-        raise NotImplementedError
-
-    @staticmethod
-    def describe_values(values: torch.Tensor, info: dict) -> dict:
-        """A recording's prediction (JSON-serialisable) from its averaged ``[K]`` values
-        and the task's `export_info`."""
+        """An exported model's per-window values ``[B, K]`` from the head's output (the
+        ONNX graph's output of the task too); predict averages them over a recording's
+        windows (weighted by length, `mtl_ser.prediction_types.combine_windows`)."""
         raise NotImplementedError

@@ -57,12 +57,22 @@ class DimensionsTask(Task):
         return head(hidden, lengths, layers).float()  # [B, K]
 
     def targets(self, batch):
+        columns = {d: batch_column(batch, d) for d in self.dimensions}
+        return self.column_targets(columns, batch.emo_encoded.data.device)
+
+    def column_targets(self, columns: dict, device=None):
+        """Targets from manifest values: ``{dimension: [B] values}`` -> (values ``[B, K]``
+        float32, NaN where missing; mask ``[B]``: every dimension given)."""
         values = torch.tensor(
-            [[_number(x) for x in batch_column(batch, d)] for d in self.dimensions],
-            dtype=torch.float32,
+            [[_number(x) for x in columns[d]] for d in self.dimensions], dtype=torch.float32
         ).T  # [B, K]
-        values = values.to(batch.emo_encoded.data.device)
+        values = values.to(device)
         return values, torch.isfinite(values).all(dim=1)
+
+    @classmethod
+    def from_export_info(cls, name: str, info: dict) -> DimensionsTask:
+        """The task of an exported model (its `export_info`), for scoring (evaluate)."""
+        return cls(name=name, dimensions=tuple(info["dimensions"]))
 
     def loss(self, output, targets, frame_lens):
         values, mask = targets
@@ -81,10 +91,6 @@ class DimensionsTask(Task):
     @staticmethod
     def window_values(output):
         return output.float()
-
-    @staticmethod
-    def describe_values(values, info):
-        return {d: float(v) for d, v in zip(info["dimensions"], values, strict=True)}
 
     def describe(self):
         return {**super().describe(), "dimensions": list(self.dimensions)}

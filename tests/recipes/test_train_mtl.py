@@ -47,6 +47,34 @@ def untimed(log: list[dict]) -> list[dict]:
     return [{k: v for k, v in entry.items() if k not in TIMINGS} for entry in log]
 
 
+def kill_then_resume(demo_corpus, out: Path, args: tuple, ready, poll: float):
+    """Starts the multi-task recipe into ``out`` with ``args``, kills its process group
+    (kill -9, as a crash or a pre-empted job would; loader workers included) as soon as
+    ``ready()`` holds, checks that only epoch 1 was logged, and re-runs the same command.
+
+    Returns: the re-run's CompletedProcess (it resumed: epoch 1 was not gone into again).
+    """
+    command = recipe_command("train_mtl.py", "mtl.yaml", demo_corpus, out, *args)
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while not ready() and time.time() < deadline:
+        time.sleep(poll)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "results.json").exists(), "the run ended before the kill"
+    assert [e["epoch"] for e in epoch_log(out)] == [1]
+    done = run_recipe("train_mtl.py", "mtl.yaml", demo_corpus, out, *args)
+    logged = done.stdout + done.stderr
+    assert "Going into epoch 1\n" not in logged and "Going into epoch 2" in logged
+    return done
+
+
 def test_mtl_writes_complete_results(mtl_run):
     out, done = mtl_run
     results = read_json(out / "results.json")
@@ -167,25 +195,13 @@ def test_run_killed_mid_training_resumes_to_the_uninterrupted_result(
     """kill -9 after the first checkpoint, re-run the same command: the same epochs, losses,
     chosen checkpoint and test results, bit for bit, as the uninterrupted run (mtl_run)."""
     out = tmp_path / "run"
-    command = recipe_command("train_mtl.py", "mtl.yaml", demo_corpus, out, "--number_of_epochs=2")
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    kill_then_resume(
+        demo_corpus,
+        out,
+        ("--number_of_epochs=2",),
+        lambda: bool(list((out / "save").glob("CKPT*/COMPLETE"))),
+        poll=0.05,
     )
-    deadline = time.time() + 300
-    while not list((out / "save").glob("CKPT*/COMPLETE")) and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)  # as a crash or a pre-empted job would
-    process.wait()
-    assert not (out / "results.json").exists()
-    assert [e["epoch"] for e in epoch_log(out)] == [1]
-
-    done = run_recipe("train_mtl.py", "mtl.yaml", demo_corpus, out, "--number_of_epochs=2")
-    logged = done.stdout + done.stderr
-    assert "Going into epoch 1\n" not in logged and "Going into epoch 2" in logged
     reference = mtl_run[0]
     # Every loss, count and metric of every epoch, exactly (the seconds differ).
     assert untimed(epoch_log(out)) == untimed(epoch_log(reference))
@@ -230,26 +246,13 @@ def test_run_killed_inside_an_epoch_with_worker_processes_resumes_exactly(demo_c
     reference = tmp_path / "uninterrupted"
     run_recipe("train_mtl.py", "mtl.yaml", demo_corpus, reference, *DEFAULT_LOADERS)
     out = tmp_path / "run"
-    command = recipe_command("train_mtl.py", "mtl.yaml", demo_corpus, out, *DEFAULT_LOADERS)
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    kill_then_resume(
+        demo_corpus,
+        out,
+        DEFAULT_LOADERS,
+        lambda: intra_epoch_checkpoint_of_epoch(out / "save", 2),
+        poll=0.02,
     )
-    deadline = time.time() + 300
-    while not intra_epoch_checkpoint_of_epoch(out / "save", 2) and time.time() < deadline:
-        time.sleep(0.02)
-    # The recipe's own process (and its loader workers, in its process group).
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert not (out / "results.json").exists(), "the run ended before the kill"
-    assert [e["epoch"] for e in epoch_log(out)] == [1]
-
-    done = run_recipe("train_mtl.py", "mtl.yaml", demo_corpus, out, *DEFAULT_LOADERS)
-    logged = done.stdout + done.stderr
-    assert "Going into epoch 1\n" not in logged and "Going into epoch 2" in logged
     resumed, uninterrupted = epoch_log(out), epoch_log(reference)
     assert [e["epoch"] for e in resumed] == [1, 2]
     assert untimed(resumed) == untimed(uninterrupted)
