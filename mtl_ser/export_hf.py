@@ -48,7 +48,7 @@ WORD_DELIMITER = "|"
 
 
 def _require_exportable(model: LoadedModel) -> None:
-    if model.modules["emotion_head"].reads_text:
+    if getattr(model.modules.get("emotion_head"), "reads_text", False):
         raise ValueError(
             "--format hf: the emotion head reads a transcript (tasks.emotion kind: "
             "text_emotion), which transformers' classification models cannot: export it with "

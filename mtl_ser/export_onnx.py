@@ -135,7 +135,7 @@ def _trace(graph: InferenceGraph, example: tuple, path: Path, outputs: list, axe
 
 def check_exportable(model: LoadedModel) -> None:
     """Raises OnnxExportError naming the reason when the model cannot be exported."""
-    if model.modules["emotion_head"].reads_text:
+    if getattr(model.modules.get("emotion_head"), "reads_text", False):
         raise OnnxExportError(
             "the emotion head reads a transcript (tasks.emotion kind: text_emotion): its "
             "greedy decoding and tokenizer are not a graph (use --format mtl_ser)"
