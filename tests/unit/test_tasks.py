@@ -141,6 +141,22 @@ def test_four_tasks_train_and_skip_missing_targets(tmp_path):
     }
 
 
+def test_trained_parameters_count_every_tasks_head_and_learned_weights(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="mtl_ser.models.peft_tuning"):
+        brain = brain_with(tmp_path, FOUR_TASKS, "--task_weighting=uncertainty")
+    trained = {
+        name: sum(p.numel() for p in module.parameters() if p.requires_grad)
+        for name, module in brain.modules.items()
+    }
+    # The heads the tasks build themselves and the 4 learned log-variances are counted.
+    assert trained["dimensions_head"] > 0 and trained["gender_head"] > 0
+    assert trained["task_weighting"] == 4
+    assert brain.identity["trained_parameters"] == sum(trained.values())
+    assert brain.identity["trained_encoder_parameters"] == trained["encoder"]
+    heads = sum(trained.values()) - trained["encoder"]
+    assert f"heads {heads:,})" in caplog.text
+
+
 def test_ccc_loss_and_metrics():
     target = torch.tensor([[1.0, 2.0], [2.0, 1.0], [3.0, 5.0], [4.0, 3.0]])
     torch.testing.assert_close(ccc(target, target), torch.ones(2))
