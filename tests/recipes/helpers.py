@@ -44,7 +44,15 @@ def epoch_log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "epoch_log.jsonl").read_text().splitlines()]
 
 
-def tiny_mtl_brain(tmp_path: Path, *overrides: str, adjust=None):
+TIMINGS = ("train_seconds", "valid_seconds")
+
+
+def untimed(log: list[dict]) -> list[dict]:
+    """Epoch-log entries without their wall-clock seconds (which no two runs share)."""
+    return [{k: v for k, v in entry.items() if k not in TIMINGS} for entry in log]
+
+
+def tiny_mtl_brain(tmp_path: Path, *overrides: str, adjust=None, checkpointed=False):
     """The tiny multi-task `EmotionBrain` (hparams/mtl.yaml + tiny.yaml) on the CPU, without a
     checkpointer, for the four IEMOCAP classes, one step per epoch, optimisers initialised.
 
@@ -53,6 +61,7 @@ def tiny_mtl_brain(tmp_path: Path, *overrides: str, adjust=None):
         overrides: further ``--key=value`` arguments.
         adjust: called with the loaded hparams before the Brain is built (e.g. to swap the
             optimiser classes).
+        checkpointed: with the hparams' checkpointer (``<tmp_path>/save``), as a recipe.
     """
     from hyperpyyaml import load_hyperpyyaml
 
@@ -72,7 +81,7 @@ def tiny_mtl_brain(tmp_path: Path, *overrides: str, adjust=None):
         modules=hparams["modules"],
         hparams=hparams,
         run_opts={"device": "cpu"},
-        checkpointer=None,
+        checkpointer=hparams["checkpointer"] if checkpointed else None,
         labels=("neu", "hap", "ang", "sad"),
         vocab=CharVocabulary(),
         identity={},

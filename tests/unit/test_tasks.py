@@ -30,11 +30,16 @@ FOUR_TASKS = {
 
 def batch(seed: int, n: int = 4, gender=("F", "M", None, "F"), arousal=(2.0, 4.0, None, 3.0)):
     """``n`` utterances of 0.5 s noise with text, A/V/D and gender columns (None: missing)."""
+    return PaddedBatch(examples(seed, n, gender, arousal))
+
+
+def examples(seed: int, n: int = 4, gender=("F", "M", None, "F"), arousal=(2.0, 4.0, None, 3.0)):
+    """The utterances of `batch` (dicts as a dataset gives them)."""
     generator = torch.Generator().manual_seed(seed)
     vocab = CharVocabulary()
-    examples = []
+    out = []
     for i in range(n):
-        examples.append(
+        out.append(
             {
                 "id": f"u{seed}_{i}",
                 "sig": torch.randn(8000, generator=generator) * 0.1,
@@ -51,7 +56,7 @@ def batch(seed: int, n: int = 4, gender=("F", "M", None, "F"), arousal=(2.0, 4.0
                 "column_gender": gender[i] or "",
             }
         )
-    return PaddedBatch(examples)
+    return out
 
 
 def brain_with(tmp_path, tasks=None, *overrides):
