@@ -44,14 +44,6 @@ def epoch_log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "epoch_log.jsonl").read_text().splitlines()]
 
 
-TIMINGS = ("train_seconds", "valid_seconds")
-
-
-def untimed(log: list[dict]) -> list[dict]:
-    """Epoch-log entries without their wall-clock seconds (which no two runs share)."""
-    return [{k: v for k, v in entry.items() if k not in TIMINGS} for entry in log]
-
-
 def tiny_mtl_brain(tmp_path: Path, *overrides: str, adjust=None, checkpointed=False):
     """The tiny multi-task `EmotionBrain` (hparams/mtl.yaml + tiny.yaml) on the CPU, without a
     checkpointer, for the four IEMOCAP classes, one step per epoch, optimisers initialised.

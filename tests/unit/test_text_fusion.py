@@ -18,7 +18,8 @@ from mtl_ser.models.text_encoder import build_text_encoder
 from mtl_ser.tasks import configured_tasks
 from mtl_ser.tasks.base import TaskInputs
 from mtl_ser.tasks.text_emotion import TextEmotionTask
-from tests.recipes.helpers import epoch_log, tiny_mtl_brain, untimed
+from tests.recipes.helpers import epoch_log, tiny_mtl_brain
+from tests.recipes.test_train_mtl import untimed
 from tests.unit.test_tasks import batch, brain_with, examples
 
 TEXTS = ["hello there", "", "a much longer transcript, with punctuation!"]
