@@ -24,7 +24,7 @@ from mtl_ser.data.protocols import PROTOCOL_FOLDS
 from mtl_ser.results import RESULTS_FILE
 from mtl_ser.settings import REPLICATE_KEYS, group_key
 from mtl_ser.tasks.base import lower_is_better
-from mtl_ser.tasks.text_emotion import ORACLE_MARK, is_oracle
+from mtl_ser.tasks.text_emotion import oracle_suffix
 
 # The results.json schema the report reads: the first with the "setting" record.
 REPORT_SCHEMA = 2
@@ -544,7 +544,7 @@ def alpha_text(alpha: float) -> str:
 def run_title(run: dict) -> str:
     """A run's recipe, marked ``(oracle text)`` when its emotion head read reference
     transcripts (text_source: reference, an upper bound no deployed model reaches)."""
-    return run["recipe"] + (f" ({ORACLE_MARK})" if is_oracle(run) else "")
+    return run["recipe"] + oracle_suffix(run)
 
 
 def row_name(row: Row, details: list[str]) -> str:

@@ -53,6 +53,11 @@ def is_oracle(results: dict | None) -> bool:
     return str((results or {}).get("text_view") or "").startswith(TEXT_VIEWS["reference"])
 
 
+def oracle_suffix(results: dict | None) -> str:
+    """`` (oracle text)`` for an oracle run (`is_oracle`), else "": what a name gets."""
+    return f" ({ORACLE_MARK})" if is_oracle(results) else ""
+
+
 @dataclass
 class TextEmotionTask(EmotionTask):
     """Args (besides `EmotionTask`'s):
