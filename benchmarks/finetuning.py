@@ -45,7 +45,7 @@ def measure(args) -> dict:
     torch.manual_seed(0)
     encoder = build_encoder(args.encoder, finetuning=args.mode).to(args.device)
     head = EmotionHead(encoder.output_size, n_classes=4).to(args.device)
-    counts = parameter_counts({"encoder": encoder, "emotion_head": head}, with_ctc=False)
+    counts = parameter_counts({"encoder": encoder, "emotion_head": head})
     params = [p for m in (encoder, head) for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     wavs = 0.1 * torch.randn(args.batch_size, int(args.seconds * 16000), device=args.device)

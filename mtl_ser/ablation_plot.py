@@ -35,7 +35,7 @@ def series_labels(rows: list[Row]) -> dict[int, str]:
     rate belong to the same curve), e.g. ``mtl loso task_weighting=uncertainty``."""
     details = [f for f in varying_details(rows) if not f.startswith("lr_")]
     return {
-        id(r): " ".join([r.recipe, r.protocol, setting_text(r.setting, details)]).strip()
+        id(r): " ".join([r.title, r.protocol, setting_text(r.setting, details)]).strip()
         for r in rows
     }
 

@@ -83,6 +83,7 @@ from mtl_ser.data.sampler import DistributedBatches
 from mtl_ser.data.text import CharVocabulary
 from mtl_ser.export import write_model_spec
 from mtl_ser.groups import attach_groups, check_columns
+from mtl_ser.models.peft_tuning import trained_parameters
 from mtl_ser.progress import is_terminal
 from mtl_ser.results import PredictionLog, write_run_outputs
 from mtl_ser.tasks import configured_tasks, parse_metric, task_context, tasks_identity
@@ -162,7 +163,8 @@ class EmotionBrain(sb.Brain):
     Extra constructor arguments:
         labels: class names in their fixed order (from the manifests' labels.json).
         vocab: the CTC character vocabulary.
-        identity: facts about the run written into results.json (recipe, alpha, ...).
+        identity: facts about the run written into results.json (recipe, alpha, ...); the
+            Brain adds its fine-tuning mode and trained parameter counts.
 
     Reads from hparams: ``alpha``, ``ctc_reduction``, ``ctc_sum_utterances``,
     ``ctc_zero_infinity``, ``head_dropout`` (dropout on the encoder output, shared by both
@@ -188,6 +190,9 @@ class EmotionBrain(sb.Brain):
                 f"grad_clip must be one of {list(GRAD_CLIPS)}, not {self.hparams.grad_clip!r}"
             )
         self._attach_tasks()
+        # Counted now that every task has its head (and learned weighting) in the modules.
+        mode = getattr(self.hparams, "finetuning_mode", None)  # the CNN recipe has none
+        self.identity.update(trained_parameters(self.modules, mode))
         self.random_states = RandomStates()
         if self.checkpointer is not None:
             # Resume continues with the random numbers the uninterrupted run would draw,

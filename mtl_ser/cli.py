@@ -143,6 +143,11 @@ def _predict(args) -> int:
     predictions = model.predict_batch(files, batch_size=args.batch_size, progress=None)
     abstained = apply_min_confidence(predictions, args.min_confidence)
     write_predictions(predictions, model.labels, args.output)
+    if not is_onnx_folder(args.model):  # (ONNX refuses text heads: never an oracle run)
+        from mtl_ser.tasks.text_emotion import ORACLE_NOTE, is_oracle
+
+        if is_oracle(model.model.info.get("results")):
+            print(f"note: {ORACLE_NOTE}", file=sys.stderr)
     failed = [p for p in predictions if p.error]
     for p in failed:
         print(f"failed: {p.error}", file=sys.stderr)

@@ -33,7 +33,6 @@ from mtl_ser.data.labels import LabelSet
 from mtl_ser.data.prepare import prepare_iemocap
 from mtl_ser.data.text import CharVocabulary
 from mtl_ser.hparams_check import ConfigError
-from mtl_ser.models.peft_tuning import parameter_counts
 from mtl_ser.runlock import RunLock
 
 logger = logging.getLogger(__name__)
@@ -347,25 +346,9 @@ def end_distributed() -> None:
         torch.distributed.destroy_process_group()
 
 
-def _trained_parameters(hparams: dict) -> dict:
-    """The run's fine-tuning mode and trained parameter counts (also logged)."""
-    counts = parameter_counts(hparams["modules"], with_ctc=hparams["alpha"] > 0)
-    mode = hparams.get("finetuning_mode")  # the CNN recipe has no fine-tuning modes
-    share = counts["trained_encoder_parameters"] / max(counts["encoder_parameters"], 1)
-    logger.info(
-        "finetuning %s: %s trained parameters (encoder %s = %.2f%% of its %s, heads %s)",
-        mode,
-        f"{counts['trained_parameters']:,}",
-        f"{counts['trained_encoder_parameters']:,}",
-        100 * share,
-        f"{counts['encoder_parameters']:,}",
-        f"{counts['trained_parameters'] - counts['trained_encoder_parameters']:,}",
-    )
-    return {"finetuning": mode, **counts}
-
-
 def run_identity(hparams: dict, label_set: LabelSet) -> dict:
-    """Facts that identify a run in results.json and in reports.
+    """Facts that identify a run in results.json and in reports (the `EmotionBrain` adds
+    the trained parameter counts once its tasks have their heads).
 
     The protocol, fold, number of folds and speaker independence come from the ``split``
     facts `mtl-ser prepare` saved with the manifests (any corpus); manifests prepared before
@@ -395,7 +378,6 @@ def run_identity(hparams: dict, label_set: LabelSet) -> dict:
         "encoder": hparams["encoder_name"],
         "corpus": prepared.get("corpus"),
         "labels": list(label_set.classes),
-        **_trained_parameters(hparams),
         "mtl_ser_version": mtl_ser.__version__,
     }
 

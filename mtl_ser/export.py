@@ -40,6 +40,7 @@ from mtl_ser.model_spec import (
     validate_spec,
 )
 from mtl_ser.models.peft_tuning import merged_encoder_state
+from mtl_ser.tasks.text_emotion import ORACLE_NOTE, is_oracle, oracle_suffix
 
 SPEC_FILE = "model_spec.json"
 EXPORT_FILE = "mtl_ser_model.json"
@@ -336,7 +337,7 @@ def model_card(model: LoadedModel, spec: dict, usage: list[str] | None = None) -
         f"{results.get('seed')} |",
         f"| checkpoint | epoch {model.info['checkpoint_epoch']}, chosen on validation UA "
         f"{_percent(model.info['valid_ua'])} |",
-        f"| test WA / UA / macro-F1 | {_percent(results.get('wa'))} / "
+        f"| test WA / UA / macro-F1{oracle_suffix(results)} | {_percent(results.get('wa'))} / "
         f"{_percent(results.get('ua'))} / {_percent(results.get('macro_f1'))} |",
         f"| test WER / CER | {'n/a' if wer is None else f'{wer:.3f}'} / "
         f"{'n/a' if results.get('cer') is None else format(results['cer'], '.3f')} |",
@@ -350,6 +351,8 @@ def model_card(model: LoadedModel, spec: dict, usage: list[str] | None = None) -
             f"transcript (trained with: {results.get('text_view', '?')}).",
             "",
         ]
+        if is_oracle(results):
+            lines += [f"**{ORACLE_NOTE}.**", ""]
     if usage is not None:
         return "\n".join(lines + usage)
     lines += [

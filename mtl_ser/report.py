@@ -69,12 +69,14 @@ from mtl_ser.report_rows import (
     find_results,
     parse_metrics,
     row_name,
+    run_title,
     setting_text,
     task_metric_names,
     task_metric_values,
     varying_details,
 )
 from mtl_ser.task_report import task_markdown
+from mtl_ser.tasks.text_emotion import ORACLE_MARK, is_oracle
 
 
 @contextlib.contextmanager
@@ -170,7 +172,7 @@ def summary_markdown(rows: list[Row], folders: list, output_folder: Path, figure
     header += [METRIC_NAMES[m] for m in METRICS] + ["pooled WA %", "pooled UA %", "test utts"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row.recipe, _protocol_text(row), alpha_text(row.alpha)]
+        cells = [row.title, _protocol_text(row), alpha_text(row.alpha)]
         cells += [setting_text(row.setting, details)] if details else []
         cells += [str(row.n), str(len(row.seeds))]
         cells.append(row.folds_text() + ("" if row.complete else " **incomplete**"))
@@ -192,6 +194,12 @@ def summary_markdown(rows: list[Row], folders: list, output_folder: Path, figure
             "test (cai2021 by design, random by construction): their numbers are not "
             "comparable with speaker-independent rows."
         )
+    if any(is_oracle(r.runs[0]) for r in rows):
+        notes.append(
+            f"Rows marked ({ORACLE_MARK}) fused the reference transcripts (text_source: "
+            "reference): an oracle upper bound, not what a deployed model reading its own "
+            "transcripts reaches."
+        )
     encoders = sorted({str(r.encoder) for r in rows})
     notes.append(f"Encoder(s): {', '.join(encoders)}; labels: {', '.join(rows[0].labels)}.")
     if details:
@@ -206,7 +214,7 @@ def summary_markdown(rows: list[Row], folders: list, output_folder: Path, figure
     for row in rows:
         for run in row.runs:
             folder = os.path.relpath(Path(run["path"]).parent, output_folder)
-            cells = [run["recipe"], run["protocol"], alpha_text(run["alpha"]), row.key]
+            cells = [run_title(run), run["protocol"], alpha_text(run["alpha"]), row.key]
             cells += [str(run["fold"]), str(run["seed"])]
             cells += [_cell(run.get(m), m) for m in METRICS]
             cells += [str(run.get("num_utterances")), str(run.get("best_epoch")), f"`{folder}`"]
@@ -403,7 +411,7 @@ def write_report(
             stat = row.stats
             extra = setting_text(row.setting, details)
             echo(
-                f"{row.recipe:4s} {row.protocol:12s} alpha {alpha_text(row.alpha):6s} "
+                f"{row.title:4s} {row.protocol:12s} alpha {alpha_text(row.alpha):6s} "
                 + (f"{extra} " if extra else "")
                 + f"n={row.n:<3d} folds {row.folds_text()}: WA {_mean_std_cell(stat['wa'], 'wa')}"
                 f"  UA {_mean_std_cell(stat['ua'], 'ua')}  WER {_mean_std_cell(stat['wer'], 'wer')}"

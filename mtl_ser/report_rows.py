@@ -24,6 +24,7 @@ from mtl_ser.data.protocols import PROTOCOL_FOLDS
 from mtl_ser.results import RESULTS_FILE
 from mtl_ser.settings import REPLICATE_KEYS, group_key
 from mtl_ser.tasks.base import lower_is_better
+from mtl_ser.tasks.text_emotion import oracle_suffix
 
 # The results.json schema the report reads: the first with the "setting" record.
 REPORT_SCHEMA = 2
@@ -369,6 +370,12 @@ class Row:
         return self.runs[0]["recipe"]
 
     @property
+    def title(self) -> str:
+        """The recipe as tables name the row: ``mtl (oracle text)`` when its emotion head
+        read reference transcripts (`run_title`)."""
+        return run_title(self.runs[0])
+
+    @property
     def alpha(self) -> float:
         return float(self.runs[0]["alpha"])
 
@@ -534,9 +541,16 @@ def alpha_text(alpha: float) -> str:
     return f"{alpha:g}"
 
 
+def run_title(run: dict) -> str:
+    """A run's recipe, marked ``(oracle text)`` when its emotion head read reference
+    transcripts (text_source: reference, an upper bound no deployed model reaches)."""
+    return run["recipe"] + oracle_suffix(run)
+
+
 def row_name(row: Row, details: list[str]) -> str:
-    """E.g. ``mtl loso alpha=0.1`` plus the varying details (``pooling=attention``)."""
+    """E.g. ``mtl loso alpha=0.1`` plus the varying details (``pooling=attention``); the
+    recipe as `Row.title` (``mtl (oracle text) ...``)."""
     extra = setting_text(row.setting, details)
-    return f"{row.recipe} {row.protocol} alpha={alpha_text(row.alpha)}" + (
+    return f"{row.title} {row.protocol} alpha={alpha_text(row.alpha)}" + (
         f" {extra}" if extra else ""
     )

@@ -82,7 +82,7 @@ def task_markdown(rows: list[Row], protocol_text=lambda row: row.protocol) -> st
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for k, i in enumerate(shown):
             row = rows[i]
-            cells = [row.recipe, protocol_text(row), alpha_text(row.alpha)]
+            cells = [row.title, protocol_text(row), alpha_text(row.alpha)]
             cells += [setting_text(row.setting, details)] if details else []
             cells.append(str(row.n))
             cells += [_task_cell(*row.stat(m), k in best[m]) for m in metrics]

@@ -99,6 +99,8 @@ def main(argv):
             f"UA {results['ua']:.2%}  macro-F1 {results['macro_f1']:.2%}  WER {wer}  CER {cer}\n"
             f"results in {hparams['output_folder']}/results.json"
         )
+        if results.get("text_view"):  # which transcripts the emotion head read (oracle?)
+            print(f"text view: {results['text_view']}")
     end_distributed()
     return brain
 

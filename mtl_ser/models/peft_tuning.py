@@ -151,12 +151,13 @@ def apply_finetuning(encoder: torch.nn.Module, mode: str, peft: dict | None = No
     return encoder
 
 
-def parameter_counts(modules: dict, with_ctc: bool) -> dict:
-    """Trained parameter counts of a run's modules (heads: all but the encoder; the CTC head
-    only ``with_ctc``): ``trained_parameters`` (all), ``trained_encoder_parameters``,
+def parameter_counts(modules: dict) -> dict:
+    """Trained parameter counts of a run's modules (name -> module; ``encoder`` is the
+    encoder, every other module counts as a head: give the modules the Brain trains, after
+    its tasks attached their heads): ``trained_parameters`` (all), ``trained_encoder_parameters``,
     ``encoder_parameters`` (the encoder's own weights, adapters excluded)."""
     encoder = modules["encoder"]
-    heads = [m for n, m in modules.items() if n != "encoder" and (with_ctc or n != "ctc_head")]
+    heads = [m for n, m in modules.items() if n != "encoder"]
     adapters = {p for n, p in encoder.named_parameters() if _is_adapter(n)}
     own = sum(p.numel() for p in encoder.parameters() if p not in adapters)
     trained_encoder = sum(p.numel() for p in encoder.parameters() if p.requires_grad)
@@ -166,6 +167,24 @@ def parameter_counts(modules: dict, with_ctc: bool) -> dict:
         "trained_encoder_parameters": trained_encoder,
         "encoder_parameters": own,
     }
+
+
+def trained_parameters(modules: dict, mode: str | None) -> dict:
+    """The run's fine-tuning ``mode`` (None: the CNN recipe has none) and its
+    `parameter_counts` over ``modules`` (the Brain's, with every task's head and any learned
+    task weighting), for results.json; also logged."""
+    counts = parameter_counts(modules)
+    share = counts["trained_encoder_parameters"] / max(counts["encoder_parameters"], 1)
+    logger.info(
+        "finetuning %s: %s trained parameters (encoder %s = %.2f%% of its %s, heads %s)",
+        mode,
+        f"{counts['trained_parameters']:,}",
+        f"{counts['trained_encoder_parameters']:,}",
+        100 * share,
+        f"{counts['encoder_parameters']:,}",
+        f"{counts['trained_parameters'] - counts['trained_encoder_parameters']:,}",
+    )
+    return {"finetuning": mode, **counts}
 
 
 def _is_adapter(name: str) -> bool:

@@ -12,8 +12,10 @@ Configured as the ``emotion`` task's kind::
 The transcript comes from ``text_source``:
 
 - ``reference``: the manifest's transcript (``wrd``), in training and evaluation: an oracle
-  upper bound, labelled "oracle" in results.json (``text_view``), predictions.csv and the
-  run's setting. (An exported model has no reference: predict uses its own hypotheses.)
+  upper bound, labelled "oracle" (`is_oracle`) in results.json (``text_view``, ``tasks``),
+  predictions.csv, the recipe's closing summary, `mtl-ser report`'s rows, an export's model
+  card and a note of `mtl-ser predict`. (An exported model has no reference: predict uses
+  its own hypotheses.)
 - ``hypothesis``: the CTC task's greedy transcript of the same forward pass (so the CTC task
   runs first: ``order`` 1). In training a share ``hypothesis_mix`` of the utterances gets
   the reference instead, drawn per utterance and epoch from the run's seed
@@ -36,6 +38,24 @@ TEXT_SOURCES = ("reference", "hypothesis")
 # How outputs label each source: a reference transcript is an oracle the deployed model
 # does not have.
 TEXT_VIEWS = {"reference": "oracle", "hypothesis": "hypothesis"}
+# How one-line outputs (a report row, a model card, predict) mark an oracle run.
+ORACLE_MARK = "oracle text"
+ORACLE_NOTE = (
+    f"{ORACLE_MARK}: the emotion head was trained and tested on reference transcripts "
+    "(text_source: reference), an upper bound; without a reference, predict feeds it the "
+    "model's own greedy CTC transcripts, so expect less than its test figures"
+)
+
+
+def is_oracle(results: dict | None) -> bool:
+    """Whether a run's results.json (as a dict; None: no results) says its emotion head
+    read reference transcripts (``text_view`` "oracle ..."), an upper bound."""
+    return str((results or {}).get("text_view") or "").startswith(TEXT_VIEWS["reference"])
+
+
+def oracle_suffix(results: dict | None) -> str:
+    """`` (oracle text)`` for an oracle run (`is_oracle`), else "": what a name gets."""
+    return f" ({ORACLE_MARK})" if is_oracle(results) else ""
 
 
 @dataclass

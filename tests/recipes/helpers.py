@@ -44,7 +44,7 @@ def epoch_log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "epoch_log.jsonl").read_text().splitlines()]
 
 
-def tiny_mtl_brain(tmp_path: Path, *overrides: str, adjust=None):
+def tiny_mtl_brain(tmp_path: Path, *overrides: str, adjust=None, checkpointed=False):
     """The tiny multi-task `EmotionBrain` (hparams/mtl.yaml + tiny.yaml) on the CPU, without a
     checkpointer, for the four IEMOCAP classes, one step per epoch, optimisers initialised.
 
@@ -53,6 +53,7 @@ def tiny_mtl_brain(tmp_path: Path, *overrides: str, adjust=None):
         overrides: further ``--key=value`` arguments.
         adjust: called with the loaded hparams before the Brain is built (e.g. to swap the
             optimiser classes).
+        checkpointed: with the hparams' checkpointer (``<tmp_path>/save``), as a recipe.
     """
     from hyperpyyaml import load_hyperpyyaml
 
@@ -72,7 +73,7 @@ def tiny_mtl_brain(tmp_path: Path, *overrides: str, adjust=None):
         modules=hparams["modules"],
         hparams=hparams,
         run_opts={"device": "cpu"},
-        checkpointer=None,
+        checkpointer=hparams["checkpointer"] if checkpointed else None,
         labels=("neu", "hap", "ang", "sad"),
         vocab=CharVocabulary(),
         identity={},

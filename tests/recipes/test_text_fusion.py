@@ -6,6 +6,7 @@ seed, epoch and utterance, tests/unit/test_text_fusion.py.)"""
 
 import csv
 import json
+import shutil
 
 import pytest
 
@@ -20,7 +21,7 @@ TEXT_FUSION = str(ROOT / "hparams/overrides/text_fusion.yaml")
 @pytest.fixture(scope="module")
 def text_run(demo_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("text_fusion")
-    run_recipe(
+    done = run_recipe(
         "train_mtl.py",
         "mtl.yaml",
         demo_corpus,
@@ -29,6 +30,7 @@ def text_run(demo_corpus, tmp_path_factory):
         "--max_len=1.5",  # crops: a short run
         overrides=(TINY, TEXT_FUSION),
     )
+    (out.parent / "text_fusion.stdout").write_text(done.stdout)  # beside, not in, the run
     return out
 
 
@@ -64,3 +66,27 @@ def test_a_hypothesis_run_trains_exports_and_predicts_with_its_own_transcripts(
         assert p["transcript"] == rows[utt]["hypothesis"]
         for label, prob in p["probabilities"].items():
             assert prob == pytest.approx(float(rows[utt][f"p_{label}"]), abs=1e-4)
+
+
+def test_an_oracle_run_says_oracle_in_its_summary_model_card_and_predict(
+    text_run, demo_corpus, tmp_path, capsys
+):
+    # The recipe's closing summary names the transcripts the emotion head read.
+    stdout = (text_run.parent / "text_fusion.stdout").read_text()
+    assert "text view: hypothesis (greedy CTC transcripts, 0.5 of" in stdout
+    # The same run as a text_source: reference run records it (results.json's text_view,
+    # tests/unit/test_text_fusion.py): its export and predict must say "oracle".
+    run = tmp_path / "run"
+    shutil.copytree(text_run, run)
+    results = read_json(run / "results.json")
+    results["text_view"] = "oracle (reference transcripts)"
+    (run / "results.json").write_text(json.dumps(results))
+    model = tmp_path / "model"
+    export_run(run, model)
+    card = (model / "README.md").read_text()
+    assert "| test WA / UA / macro-F1 (oracle text) |" in card
+    assert "**oracle text: the emotion head was trained and tested on reference" in card
+    wav = next(iter(load_manifest(run / "manifests/test.json", demo_corpus).values()))["wav"]
+    capsys.readouterr()
+    assert main(["predict", str(model), wav, "--output", str(tmp_path / "p.csv")]) == 0
+    assert "note: oracle text: the emotion head was trained" in capsys.readouterr().err

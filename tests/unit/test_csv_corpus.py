@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-import torch
 
 from mtl_ser.cli import main
 from mtl_ser.data.csv_corpus import prepare_csv
@@ -244,11 +243,7 @@ def test_run_identity_carries_speaker_independence(tmp_path):
     hparams = {"train_annotation": str(paths["train"]), "recipe": "mtl", "alpha": 0.1}
     hparams.update(protocol="loso", fold=3, seed=7, encoder_name="random:tiny")
     hparams.update(lr_encoder=5e-5, lr_heads=5e-5)
-    # Real (small) modules: the identity counts their trained parameters.
-    modules = {"encoder": torch.nn.Linear(3, 2), "emotion_head": torch.nn.Linear(2, 4)}
-    hparams.update(modules=modules)
     identity = run_identity(hparams, LabelSet.load(tmp_path / "out"))
-    assert (identity["trained_parameters"], identity["encoder_parameters"]) == (20, 8)
     assert (identity["protocol"], identity["fold"], identity["folds"]) == ("csv", 1, 1)
     assert identity["speaker_independent"] is True
 

@@ -415,3 +415,18 @@ def test_runs_csv_carries_every_tasks_metrics(tmp_path):
     assert [r["dimensions/ccc_mean"] for r in rows] == ["0.41", ""]
     assert [r["gender/accuracy"] for r in rows] == ["", "0.9"]
     assert "emotion/ua" not in rows[0] and "dimensions/num_utterances" not in rows[0]
+
+
+def test_oracle_text_runs_are_marked_in_every_table(tmp_path, capsys):
+    oracle = {"text_view": "oracle (reference transcripts)", "max_len": 8.0}
+    write_run(tmp_path / "runs", task_metrics={"emotion": {"ua": 0.5}}, **oracle)
+    write_run(tmp_path / "runs", fold=2, task_metrics={"emotion": {"ua": 0.4}})
+    assert main(["report", str(tmp_path / "runs"), "--output", str(tmp_path / "report")]) == 0
+    markdown = (tmp_path / "report/summary.md").read_text()
+    summary, rest = markdown.split("## Runs")
+    runs, per_task = rest.split("## Metrics per task")
+    for table in (summary, runs, per_task):  # the oracle row (only it) is marked
+        assert table.count("| mtl (oracle text) | loso") == 1, table
+        assert table.count("| mtl | loso") == 1, table
+    assert "Rows marked (oracle text) fused the reference transcripts" in markdown
+    assert "mtl (oracle text) loso" in capsys.readouterr().out

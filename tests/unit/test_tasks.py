@@ -30,11 +30,16 @@ FOUR_TASKS = {
 
 def batch(seed: int, n: int = 4, gender=("F", "M", None, "F"), arousal=(2.0, 4.0, None, 3.0)):
     """``n`` utterances of 0.5 s noise with text, A/V/D and gender columns (None: missing)."""
+    return PaddedBatch(examples(seed, n, gender, arousal))
+
+
+def examples(seed: int, n: int = 4, gender=("F", "M", None, "F"), arousal=(2.0, 4.0, None, 3.0)):
+    """The utterances of `batch` (dicts as a dataset gives them)."""
     generator = torch.Generator().manual_seed(seed)
     vocab = CharVocabulary()
-    examples = []
+    out = []
     for i in range(n):
-        examples.append(
+        out.append(
             {
                 "id": f"u{seed}_{i}",
                 "sig": torch.randn(8000, generator=generator) * 0.1,
@@ -51,7 +56,7 @@ def batch(seed: int, n: int = 4, gender=("F", "M", None, "F"), arousal=(2.0, 4.0
                 "column_gender": gender[i] or "",
             }
         )
-    return PaddedBatch(examples)
+    return out
 
 
 def brain_with(tmp_path, tasks=None, *overrides):
@@ -139,6 +144,22 @@ def test_four_tasks_train_and_skip_missing_targets(tmp_path):
         "loss_dimensions",
         "loss_gender",
     }
+
+
+def test_trained_parameters_count_every_tasks_head_and_learned_weights(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="mtl_ser.models.peft_tuning"):
+        brain = brain_with(tmp_path, FOUR_TASKS, "--task_weighting=uncertainty")
+    trained = {
+        name: sum(p.numel() for p in module.parameters() if p.requires_grad)
+        for name, module in brain.modules.items()
+    }
+    # The heads the tasks build themselves and the 4 learned log-variances are counted.
+    assert trained["dimensions_head"] > 0 and trained["gender_head"] > 0
+    assert trained["task_weighting"] == 4
+    assert brain.identity["trained_parameters"] == sum(trained.values())
+    assert brain.identity["trained_encoder_parameters"] == trained["encoder"]
+    heads = sum(trained.values()) - trained["encoder"]
+    assert f"heads {heads:,})" in caplog.text
 
 
 def test_ccc_loss_and_metrics():

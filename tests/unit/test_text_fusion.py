@@ -1,12 +1,14 @@
 """The transcript as a second view: text encoders, fusion (shapes and padding masks on both
 sides), the text_emotion task's transcripts (reference, hypothesis, the per-utterance mix
-draws and their resume), its training step through the Brain, and its model spec."""
+draws and their resume, a fit killed between epochs and resumed), its training step
+through the Brain, and its model spec."""
 
 import json
 
 import pytest
 import speechbrain as sb
 import torch
+from speechbrain.dataio.batch import PaddedBatch
 
 from mtl_ser.data.pipelines import ItemSeeds
 from mtl_ser.export import module_spec
@@ -16,7 +18,9 @@ from mtl_ser.models.text_encoder import build_text_encoder
 from mtl_ser.tasks import configured_tasks
 from mtl_ser.tasks.base import TaskInputs
 from mtl_ser.tasks.text_emotion import TextEmotionTask
-from tests.unit.test_tasks import batch, brain_with
+from tests.recipes.helpers import epoch_log, tiny_mtl_brain
+from tests.recipes.test_train_mtl import untimed
+from tests.unit.test_tasks import batch, brain_with, examples
 
 TEXTS = ["hello there", "", "a much longer transcript, with punctuation!"]
 
@@ -151,6 +155,74 @@ def test_the_mix_draws_per_utterance_and_epoch_and_resumes_exactly():
     # Independent of the crop draws' CRC: neighbouring ids are not correlated.
     pairs = sum(a == b for a, b in zip(first, first[1:], strict=False)) / (len(ids) - 1)
     assert 0.5 < pairs < 0.66  # ~ 0.3^2 + 0.7^2 = 0.58 for independent coins
+
+
+class Utterances(torch.utils.data.Dataset):
+    """Utterances of `tests.unit.test_tasks.examples`, with the training set's per-utterance
+    draws (``item_seeds``) that `dataio_prep` attaches."""
+
+    def __init__(self, items, seed):
+        self.items, self.item_seeds = items, ItemSeeds(seed)
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+class Killed(Exception):
+    """Stands for a kill -9 between two epochs."""
+
+
+def text_fusion_fit(folder, kill_at_epoch=None):
+    """Fits the tiny Brain with the text_emotion task (hypotheses with hypothesis_mix 0.5,
+    dropout on) for 2 epochs of 2 batches of 2 utterances, checkpointing into
+    ``folder/save`` at each epoch's end; ``kill_at_epoch``: raise `Killed` as that epoch
+    starts. Returns the Brain."""
+    tasks = {
+        "emotion": {"kind": "text_emotion", "hypothesis_mix": 0.5, "fusion": "gated"},
+        "ctc": {},
+    }
+    brain = tiny_mtl_brain(
+        folder,
+        "--number_of_epochs=2",
+        "--head_dropout=0.1",  # draws from the generators the checkpoint restores
+        adjust=lambda hparams: hparams.update(tasks=tasks),
+        checkpointed=True,
+    )
+    if kill_at_epoch is not None:
+        start = brain.on_stage_start
+
+        def on_stage_start(stage, epoch=None):
+            if stage == sb.Stage.TRAIN and epoch == kill_at_epoch:
+                raise Killed
+            start(stage, epoch)
+
+        brain.on_stage_start = on_stage_start
+    loader = torch.utils.data.DataLoader
+    train = loader(Utterances(examples(5), seed=7), batch_size=2, collate_fn=PaddedBatch)
+    valid = loader(examples(7, n=2), batch_size=2, collate_fn=PaddedBatch)
+    brain.fit(brain.hparams.epoch_counter, train, valid, progressbar=False)
+    return brain
+
+
+def test_a_text_fusion_run_killed_between_epochs_resumes_exactly(tmp_path):
+    """The hypothesis mix draws per utterance and epoch from the seed: a run killed after
+    epoch 1's checkpoint and resumed (a new Brain on the same folder) ends with the
+    uninterrupted run's parameters and epoch log, bit for bit."""
+    uninterrupted = text_fusion_fit(tmp_path / "a")
+    with pytest.raises(Killed):
+        text_fusion_fit(tmp_path / "b", kill_at_epoch=2)
+    assert [e["epoch"] for e in epoch_log(tmp_path / "b")] == [1]
+    resumed = text_fusion_fit(tmp_path / "b")
+    assert untimed(epoch_log(tmp_path / "b")) == untimed(epoch_log(tmp_path / "a"))
+    expected = uninterrupted.modules.state_dict()
+    got = resumed.modules.state_dict()
+    assert got.keys() == expected.keys()
+    assert any(k.startswith("emotion_head.text.") for k in got)
+    for key, value in expected.items():
+        assert torch.equal(got[key], value), key
 
 
 def test_text_emotion_configuration():
