@@ -20,8 +20,11 @@ no encoder cache:
 It prints s/epoch (the fastest round, and every round), the share of padding in the
 batches, the peak memory of each configuration (CUDA: ``torch.cuda.max_memory_allocated``;
 CPU: the process's peak resident memory, reset before each configuration through
-``/proc/self/clear_refs``), the ratios r/p, r0/p0, r/o (fastest rounds and per round), the
-probing ratio, and the command for a GPU.
+``/proc/self/clear_refs``), the ratios r/p, r0/p0, r/o, o/p (the median of the rounds'
+ratios, the fastest round against the fastest, and each round's), the probing ratio, and
+the command for a GPU. ``--warmup`` rounds (1 by default) run first and are not counted:
+a process's first epoch runs cold (allocator, thread pools, lazy initialisation) and the
+recipe, which runs first in a round, would pay for it.
 
 The corpus: durations log-normal with IEMOCAP's mean 4.56 s and standard deviation 3.2 s
 (the 4-class set's statistics used by the README's compute estimate and DESIGN.md),
