@@ -22,32 +22,14 @@ import time
 from pathlib import Path
 
 import torch
+from predict_rtf import recognizer
 
 from mtl_ser.data.demo import synthesize_demo_corpus
 from mtl_ser.data.manifest import load_manifest
 from mtl_ser.data.prepare import prepare_iemocap
-from mtl_ser.data.text import CharVocabulary
 from mtl_ser.decoding import CTCDecoder, DecoderConfig
-from mtl_ser.export import LoadedModel
 from mtl_ser.inference import EmotionRecognizer, load_model
-from mtl_ser.models.heads import CTCHead, EmotionHead
-from mtl_ser.models.ssl import SSLEncoder
 from mtl_ser.ngram import build_lm
-
-LABELS = ("neu", "hap", "ang", "sad")
-
-
-def random_model() -> EmotionRecognizer:
-    """A random-weight tiny multi-task model."""
-    torch.manual_seed(0)
-    encoder = SSLEncoder("random:tiny")
-    vocab = CharVocabulary()
-    modules = {
-        "encoder": encoder,
-        "emotion_head": EmotionHead(encoder.output_size, n_classes=len(LABELS)),
-        "ctc_head": CTCHead(encoder.output_size, len(vocab)),
-    }
-    return EmotionRecognizer(LoadedModel(modules, LABELS, vocab, 16000, {}))
 
 
 @torch.no_grad()
@@ -77,7 +59,7 @@ def main() -> None:
         paths = prepare_iemocap(corpus, work / "manifests", verbose=False)
         build_lm(paths["train"], work / "lm.arpa", order=6, unit="char", progress=False)
         build_lm(paths["train"], work / "word.arpa", order=3, unit="word", progress=False)
-        model = load_model(args.model) if args.model else random_model()
+        model = load_model(args.model) if args.model else recognizer("tiny")
         records = load_manifest(paths["test"], corpus)
         batches = ctc_outputs(model, [r["wav"] for r in records.values()], args.batch_size)
         n = sum(len(lengths) for _, lengths in batches)

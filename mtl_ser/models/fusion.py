@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mtl_ser.models.heads import EmotionHead, _layer_input
+from mtl_ser.models.heads import EmotionHead, _layer_input, set_num_classes
 from mtl_ser.models.masking import lengths_to_mask, masked_mean
 from mtl_ser.models.text_encoder import TextStates, build_text_encoder
 
@@ -165,12 +165,7 @@ class TextFusionHead(nn.Module):
 
     def set_num_classes(self, n_classes: int) -> None:
         """Creates the output layer (once; a different number later is an error)."""
-        if self.classifier is not None:
-            if n_classes != self.n_classes:
-                raise ValueError(f"emotion head has {self.n_classes} classes, not {n_classes}")
-            return
-        self.n_classes = int(n_classes)
-        self.classifier = nn.Linear(self.fusion.output_size, self.n_classes)
+        set_num_classes(self, n_classes, self.fusion.output_size)
 
     @property
     def layer_sum(self):

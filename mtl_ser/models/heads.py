@@ -102,6 +102,18 @@ def _make_layer_sum(layers: str, num_layers) -> WeightedLayerSum | None:
     return WeightedLayerSum(num_layers)
 
 
+def set_num_classes(head: nn.Module, n_classes: int, input_size: int) -> None:
+    """Gives an emotion head (`EmotionHead`, the text-fusion head) its output layer
+    ``head.classifier`` (``input_size`` -> ``n_classes``) once; the same number again is a
+    no-op, a different one a ValueError."""
+    if head.classifier is not None:
+        if n_classes != head.n_classes:
+            raise ValueError(f"emotion head has {head.n_classes} classes, not {n_classes}")
+        return
+    head.n_classes = int(n_classes)
+    head.classifier = nn.Linear(input_size, head.n_classes)
+
+
 class EmotionHead(nn.Module):
     """Pooling over time, dropout and one linear layer to the emotion classes.
 
@@ -156,12 +168,7 @@ class EmotionHead(nn.Module):
 
     def set_num_classes(self, n_classes: int) -> None:
         """Creates the output layer (once; a different number later is an error)."""
-        if self.classifier is not None:
-            if n_classes != self.n_classes:
-                raise ValueError(f"emotion head has {self.n_classes} classes, not {n_classes}")
-            return
-        self.n_classes = int(n_classes)
-        self.classifier = nn.Linear(self.pooling.output_size, self.n_classes)
+        set_num_classes(self, n_classes, self.pooling.output_size)
 
     def export_kwargs(self) -> dict:
         """Constructor arguments that rebuild this head (weights apart)."""
