@@ -7,8 +7,8 @@ gets the output it gets alone. The Brain never asks which backbone it holds.
 What padding-awareness takes, per feature encoder (all in `SSLEncoder._padding_aware_*`):
 
 - GroupNorm-first feature encoders (wav2vec2-base, HuBERT-base, WavLM): the first
-  convolution's GroupNorm normalises over time, padding included; `masked_group_norm`
-  computes those statistics over each utterance's own frames.
+  convolution's GroupNorm normalises over time, padding included; `first_conv_layer` runs
+  that layer on each utterance's own samples, so the statistics are over its own frames.
 - LayerNorm feature encoders (wav2vec2-large-lv60, data2vec-audio): normalise per frame, and
   the valid convolutions never read past an utterance's end: nothing to do.
 - The transformer gets the frame-level attention mask (SDPA where transformers has it).
@@ -169,11 +169,7 @@ class SSLEncoder(nn.Module):
         x = wavs[:, None]
         for i, layer in enumerate(self.model.feature_extractor.conv_layers):
             if i == 0 and self._group_norm_first:
-                x = layer.conv(x)
-                k, s = layer.conv.kernel_size[0], layer.conv.stride[0]
-                frames = torch.div(lengths - k, s, rounding_mode="floor") + 1
-                x = masked_group_norm(x, frames, layer.layer_norm)
-                x = layer.activation(x)
+                x = first_conv_layer(layer, wavs, lengths)
             else:
                 x = layer(x)
         return x.transpose(1, 2)
@@ -273,6 +269,47 @@ def normalize_per_utterance(wavs: torch.Tensor, lengths: torch.Tensor, eps: floa
     return centered / torch.sqrt(var[:, None] + eps)
 
 
+def first_conv_layer(layer: nn.Module, wavs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The first layer of a GroupNorm-first feature encoder (transformers'
+    ``conv`` -> ``layer_norm`` (a GroupNorm over time) -> ``activation``), padding-aware.
+
+    Args: layer: the feature encoder's first conv layer; wavs ``[B, S]`` zero-padded
+    waveforms; lengths ``[B]`` samples.
+
+    Returns: ``[B, C, T]`` (T the padded batch's frame count): each utterance's frames as
+    it gets them alone (its own samples convolved, the GroupNorm's statistics over its own
+    frames, in float32 as `masked_group_norm`), later frames 0. An utterance shorter than
+    the kernel gets one frame of it and its zero padding, as the batch's first frame would.
+
+    Each utterance runs alone because that is also the cheapest exact way: no convolution,
+    normalisation or activation over the padding and no strided copies (on 2 CPU threads,
+    8 utterances of IEMOCAP-like lengths: 50 ms instead of the whole padded batch's 135 ms
+    for transformers' own layer, 155 ms for the batch convolution + `masked_group_norm`).
+    A traced graph (ONNX export) takes the batch form, which keeps lengths dynamic.
+    """
+    conv, norm = layer.conv, layer.layer_norm
+    kernel, stride = conv.kernel_size[0], conv.stride[0]
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        frames = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+        return layer.activation(masked_group_norm(conv(wavs[:, None]), frames, norm))
+    samples = wavs.shape[1]
+    out = None
+    for b, n in enumerate(lengths.clamp(min=kernel, max=samples).tolist()):
+        y = conv(wavs[b : b + 1, None, :n])  # [1, C, frames of n samples]
+        if out is None:
+            out = y.new_zeros(wavs.shape[0], y.shape[1], (samples - kernel) // stride + 1)
+        out[b : b + 1, :, : y.shape[2]] = layer.activation(_group_norm_float32(y, norm))
+    return out
+
+
+def _group_norm_float32(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
+    """``norm`` applied to ``x`` ``[1, C, n]`` (no padding) with float32 statistics,
+    returned in ``x``'s dtype (see `masked_group_norm` for why float32)."""
+    weight = None if norm.weight is None else norm.weight.float()
+    bias = None if norm.bias is None else norm.bias.float()
+    return F.group_norm(x.float(), norm.num_groups, weight, bias, norm.eps).to(x.dtype)
+
+
 def masked_group_norm(x: torch.Tensor, lengths: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
     """GroupNorm whose statistics ignore padded frames.
 
@@ -294,12 +331,9 @@ def masked_group_norm(x: torch.Tensor, lengths: torch.Tensor, norm: nn.GroupNorm
         # The loop below reads the lengths on the host: a traced graph (ONNX export) would
         # freeze them; the masked-statistics form keeps the batch and time axes dynamic.
         return _masked_statistics_group_norm(x, lengths, norm)
-    weight = None if norm.weight is None else norm.weight.float()
-    bias = None if norm.bias is None else norm.bias.float()
     out = torch.empty_like(x)
     for b, n in enumerate(lengths.clamp(min=1, max=x.shape[2]).tolist()):
-        part = x[b : b + 1, :, :n].float()
-        out[b : b + 1, :, :n] = F.group_norm(part, norm.num_groups, weight, bias, norm.eps)
+        out[b : b + 1, :, :n] = _group_norm_float32(x[b : b + 1, :, :n], norm)
         out[b, :, n:] = 0
     return out
 

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
 from mtl_ser.models import ssl
@@ -50,13 +51,14 @@ def test_padded_batch_equals_each_utterance_alone(encoder):
                 )
 
 
-def test_our_padding_awareness_rests_on_the_masked_group_norm(encoder, monkeypatch):
-    """Our encoder with the first GroupNorm's statistics taken over the padded batch (as
-    Hugging Face's forward does) gives a padded utterance another output than alone: the
-    masked norm is what makes `test_padded_batch_equals_each_utterance_alone` hold."""
+def test_our_padding_awareness_rests_on_the_per_utterance_first_layer(encoder, monkeypatch):
+    """Our encoder with the first layer run on the padded batch (its GroupNorm's statistics
+    over the padding, as Hugging Face's forward does) gives a padded utterance another
+    output than alone: `first_conv_layer` is what makes
+    `test_padded_batch_equals_each_utterance_alone` hold."""
     wavs, rel = padded_batch()
     n = LENGTHS[2]
-    monkeypatch.setattr(ssl, "masked_group_norm", lambda x, lengths, norm: norm(x))
+    monkeypatch.setattr(ssl, "first_conv_layer", lambda layer, x, lengths: layer(x[:, None]))
     with torch.no_grad():
         hidden, frames, _ = encoder(wavs, rel)
         alone, _, _ = encoder(wavs[2:3, :n], torch.ones(1))
@@ -155,13 +157,14 @@ def test_frozen_feature_encoder_records_no_autograd_graph(preset, padding_aware)
     enc = SSLEncoder(
         f"random:{preset}", freeze_feature_encoder=True, padding_aware=padding_aware
     ).train()
-    conv_outputs = []
-    for layer in enc.model.feature_extractor.conv_layers:
-        layer.conv.register_forward_hook(lambda m, a, out: conv_outputs.append(out))
+    conv_outputs = []  # (layer index, output); padding-aware, the first runs per utterance
+    for i, layer in enumerate(enc.model.feature_extractor.conv_layers):
+        layer.conv.register_forward_hook(lambda m, a, out, i=i: conv_outputs.append((i, out)))
     wavs, rel = padded_batch()
     out = enc(wavs, rel)
-    assert len(conv_outputs) == len(enc.model.feature_extractor.conv_layers)
-    graphs = [i for i, x in enumerate(conv_outputs) if x.grad_fn is not None or x.requires_grad]
+    layers = enc.model.feature_extractor.conv_layers
+    assert {i for i, _ in conv_outputs} == set(range(len(layers)))
+    graphs = [i for i, x in conv_outputs if x.grad_fn is not None or x.requires_grad]
     assert not graphs, f"{preset}: convolutions {graphs} recorded an autograd graph"
     out.hidden.pow(2).mean().backward()
     assert all(p.grad is None for p in enc.model.feature_extractor.parameters())
@@ -397,3 +400,23 @@ def test_hub_configs_with_legacy_keys_export_a_loadable_spec(tmp_path):
         torch.testing.assert_close(
             rebuilt.eval()(wavs, rel).hidden, encoder.eval()(wavs, rel).hidden
         )
+
+
+def test_first_conv_layer_is_the_batch_layer_with_per_utterance_statistics():
+    """`first_conv_layer` (each utterance convolved alone) equals the batch convolution
+    followed by `masked_group_norm` and the activation, padded frames 0, and trains the
+    convolution (gradients reach its weight through the per-utterance pieces)."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(1, 8, kernel_size=10, stride=5, bias=False)
+    layer = torch.nn.Module()
+    layer.conv, layer.layer_norm, layer.activation = conv, torch.nn.GroupNorm(8, 8), F.gelu
+    lengths = torch.tensor([400, 237, 16])
+    wavs = torch.randn(3, 400) * (torch.arange(400)[None] < lengths[:, None])
+    out = ssl.first_conv_layer(layer, wavs, lengths)
+    frames = torch.div(lengths - 10, 5, rounding_mode="floor") + 1
+    reference = F.gelu(masked_group_norm(conv(wavs[:, None]), frames, layer.layer_norm))
+    assert out.shape == reference.shape == (3, 8, 79)
+    torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-4)
+    assert out[1, :, frames[1] :].abs().max() == 0 and out[2, :, 2:].abs().max() == 0
+    out.sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
