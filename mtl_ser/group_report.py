@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtl_ser.groups import DEFAULT_GROUP_COLUMNS, LEVEL, check_columns, column_results, value_text
-from mtl_ser.report_rows import Row, row_name
+from mtl_ser.report_rows import Row, csv_number, row_name
 from mtl_ser.results import PREDICTIONS_FILE
 from mtl_ser.stats import BOOTSTRAP_SAMPLES, FEW_CLUSTERS
 
@@ -183,9 +183,6 @@ def write_csv(results: list[RowGroups], path: str | Path) -> Path:
     """groups.csv: one line per (row, column, group); fractions at full precision, empty
     cells for missing values."""
 
-    def number(value) -> str:
-        return "" if value is None else repr(float(value))
-
     path = Path(path)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -202,8 +199,8 @@ def write_csv(results: list[RowGroups], path: str | Path) -> Path:
                     writer.writerow(
                         [row.recipe, row.protocol, row.alpha, row.key, row.n, column, value]
                         + [s["utterances"], "" if s["speakers"] is None else s["speakers"]]
-                        + [number(x) for x in (s["ua"], *ua_ci, s["wa"], *wa_ci)]
-                        + [number(s["macro_f1"]), s["ci_unit"] or "", BOOTSTRAP_SAMPLES]
+                        + [csv_number(x) for x in (s["ua"], *ua_ci, s["wa"], *wa_ci)]
+                        + [csv_number(s["macro_f1"]), s["ci_unit"] or "", BOOTSTRAP_SAMPLES]
                         + [s["note"] or ""]
                     )
     return path

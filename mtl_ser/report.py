@@ -66,6 +66,7 @@ from mtl_ser.report_rows import (
     Row,
     aggregate,
     alpha_text,
+    csv_number,
     find_results,
     parse_metrics,
     row_name,
@@ -225,10 +226,6 @@ def summary_markdown(rows: list[Row], folders: list, output_folder: Path, figure
     return "\n".join(lines) + "\n"
 
 
-def _number(value) -> str:
-    return "" if value is None else repr(float(value))
-
-
 def write_csvs(rows: list[Row], output_folder: Path) -> tuple[Path, Path]:
     """Writes summary.csv (one line per row) and runs.csv (one per run), each whole;
     fractions, full precision, empty cells for missing values. ``setting`` holds the row's
@@ -255,10 +252,10 @@ def write_csvs(rows: list[Row], output_folder: Path) -> tuple[Path, Path]:
                     x
                     for m in METRICS
                     for x in (
-                        _number(row.stats[m][0]),
-                        _number(row.stats[m][1]),
+                        csv_number(row.stats[m][0]),
+                        csv_number(row.stats[m][1]),
                         row.stats[m][2],
-                        _number(row.seed_std[m]),
+                        csv_number(row.seed_std[m]),
                     )
                 ]
                 + [repr(row.pooled_wa), repr(row.pooled_ua), int(row.confusion.sum())]
@@ -267,7 +264,7 @@ def write_csvs(rows: list[Row], output_folder: Path) -> tuple[Path, Path]:
                     x
                     for m in task_names
                     for (mean, std, n), seed_std in [row.stat(m)]
-                    for x in (_number(mean), _number(std), n, _number(seed_std))
+                    for x in (csv_number(mean), csv_number(std), n, csv_number(seed_std))
                 ]
             )
     task_columns = run_task_metrics(rows)
@@ -283,10 +280,10 @@ def write_csvs(rows: list[Row], output_folder: Path) -> tuple[Path, Path]:
                 writer.writerow(
                     [run[k] for k in ("recipe", "protocol", "alpha")]
                     + [row.key, run["fold"], run["seed"]]
-                    + [_number(run.get(m)) for m in METRICS]
+                    + [csv_number(run.get(m)) for m in METRICS]
                     + [run.get(k) for k in ("num_utterances", "best_epoch", "valid_ua")]
                     + [run.get("encoder"), run["path"]]
-                    + [_number(task_metric_values(run).get(m)) for m in task_columns]
+                    + [csv_number(task_metric_values(run).get(m)) for m in task_columns]
                 )
     return summary, per_run
 

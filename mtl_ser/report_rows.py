@@ -547,6 +547,11 @@ def run_title(run: dict) -> str:
     return run["recipe"] + oracle_suffix(run)
 
 
+def csv_number(value) -> str:
+    """A metric's CSV cell: the fraction at full precision (``repr``), "" when missing."""
+    return "" if value is None else repr(float(value))
+
+
 def row_name(row: Row, details: list[str]) -> str:
     """E.g. ``mtl loso alpha=0.1`` plus the varying details (``pooling=attention``); the
     recipe as `Row.title` (``mtl (oracle text) ...``)."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtl_ser.metrics import classification_metrics, word_errors
-from mtl_ser.report_rows import Row, row_name
+from mtl_ser.report_rows import Row, csv_number, row_name
 from mtl_ser.results import PREDICTIONS_FILE
 
 DEFAULT_EDGES = (0.25, 0.5)
@@ -230,9 +230,6 @@ def write_csv(results: list[RowBins], column: str, path: str | Path) -> Path:
     """wer_bins.csv: one line per (row, bin) and the row's no-transcript group; fractions at
     full precision, empty cells for missing values."""
 
-    def number(value) -> str:
-        return "" if value is None else repr(float(value))
-
     path = Path(path)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -246,7 +243,7 @@ def write_csv(results: list[RowBins], column: str, path: str | Path) -> Path:
                 writer.writerow(
                     [row.recipe, row.protocol, row.alpha, row.key, row.n, column]
                     + [b["bin"], b["utterances"], b["classes"]]
-                    + [number(b[k]) for k in ("ua", "wa", "macro_f1", "mean_wer")]
+                    + [csv_number(b[k]) for k in ("ua", "wa", "macro_f1", "mean_wer")]
                 )
     return path
 
